@@ -1,0 +1,18 @@
+"""DiffMIC bundle scripts: networks, diffusion, engines and data of the bundle's configs."""
+
+from . import backbone, data, dcg, denoiser, diffusion, engine, inferer, losses, metrics, network, roi, transforms
+
+__all__ = [
+    "backbone",
+    "data",
+    "dcg",
+    "denoiser",
+    "diffusion",
+    "engine",
+    "inferer",
+    "losses",
+    "metrics",
+    "network",
+    "roi",
+    "transforms",
+]

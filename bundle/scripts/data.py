@@ -1,0 +1,161 @@
+"""Datalists ({image, label, id} dicts) for the datasets of the bundle, in their official layouts."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.apps import download_url
+from sklearn.model_selection import StratifiedGroupKFold
+
+__all__ = ["csv_datalists", "medmnist_datalists", "class_weights", "class_balanced_sampler"]
+
+
+def _read_csv(path: str, columns: Sequence[str]) -> list[dict[str, str]]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: check dataset_dir and the dataset's layout in its README")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; found {reader.fieldnames}")
+        return list(reader)
+
+
+def _carve_validation(
+    items: list[dict], groups: list[str], val_fraction: float, seed: int
+) -> tuple[list[dict], list[dict]]:
+    """Splits off about ``val_fraction`` of ``items``, stratified by label, groups kept on one side."""
+    n_splits = max(2, round(1.0 / val_fraction))
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    labels = [it["label"] for it in items]
+    train_idx, val_idx = next(folds.split(np.zeros(len(items)), labels, groups))
+    return [items[i] for i in sorted(train_idx)], [items[i] for i in sorted(val_idx)]
+
+
+def csv_datalists(
+    dataset_dir: str,
+    labels_csv: str,
+    id_column: str,
+    label_column: str,
+    image_path: str,
+    split_csv: str,
+    label_values: Sequence,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    group_column: str | None = None,
+) -> dict[str, list[dict]]:
+    """Train/validation/test datalists of an image folder with a label CSV and a train/test CSV.
+
+    The validation split is carved from the training split (stratified, seeded, grouped by
+    ``group_column`` when given, e.g. HAM10000's ``lesion_id``); the test split is the CSV's.
+
+    Args:
+        dataset_dir: the dataset's root folder.
+        labels_csv: label file, relative to ``dataset_dir``.
+        id_column: image identifier column (in both CSVs).
+        label_column: label column of ``labels_csv``.
+        image_path: image file pattern relative to ``dataset_dir``, with ``{}`` for the identifier.
+        split_csv: partition file (``id_column`` and ``split`` in {train, test}).
+        label_values: the label values in class-index order (compared as strings).
+        val_fraction: fraction of the training split held out for validation.
+        seed: seed of the validation split.
+        group_column: column whose values must not straddle train and validation.
+
+    Returns:
+        ``{"train": [...], "validation": [...], "test": [...]}``, items ``{"image", "label", "id"}``.
+    """
+    labels_path = os.path.join(dataset_dir, labels_csv)
+    split_path = os.path.join(dataset_dir, split_csv)
+    columns = [id_column, label_column] + ([group_column] if group_column else [])
+    rows = _read_csv(labels_path, columns)
+    index = {str(v): i for i, v in enumerate(label_values)}
+    problems, by_id = [], {}
+    for line, row in enumerate(rows, start=2):
+        if row[label_column] not in index:
+            problems.append(f"{labels_path} row {line}: unknown label {row[label_column]!r} (expected {list(index)})")
+            continue
+        path = os.path.join(dataset_dir, image_path.format(row[id_column]))
+        by_id[row[id_column]] = (
+            {"image": path, "label": index[row[label_column]], "id": row[id_column]},
+            row[group_column] if group_column else row[id_column],
+        )
+    splits: dict[str, list] = {"train": [], "test": []}
+    groups = []
+    for line, row in enumerate(_read_csv(split_path, [id_column, "split"]), start=2):
+        if row[id_column] not in by_id:
+            problems.append(f"{split_path} row {line}: {row[id_column]!r} is not in {labels_path}")
+            continue
+        if row["split"] not in splits:
+            problems.append(f"{split_path} row {line}: split {row['split']!r} is neither 'train' nor 'test'")
+            continue
+        item, group = by_id[row[id_column]]
+        if not os.path.isfile(item["image"]):
+            problems.append(f"{split_path} row {line}: image file {item['image']} not found")
+            continue
+        splits[row["split"]].append(item)
+        if row["split"] == "train":
+            groups.append(group)
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise ValueError(f"{len(problems)} problem(s) in the dataset at {dataset_dir}:\n  {shown}{more}")
+    train, validation = _carve_validation(splits["train"], groups, val_fraction, seed)
+    return {"train": train, "validation": validation, "test": splits["test"]}
+
+
+def medmnist_datalists(
+    dataset_dir: str, name: str, url: str | None = None, md5: str | None = None
+) -> dict[str, list[dict]]:
+    """The official train/val/test splits of a MedMNIST ``.npz`` file (images kept in memory).
+
+    A missing file is downloaded from ``url`` when one is given (to a temporary file, checked against
+    ``md5``, then moved into place); an existing file is checked against ``md5``.
+
+    Args:
+        dataset_dir: folder holding ``{name}.npz`` (the layout the ``medmnist`` package reads).
+        name: e.g. ``breastmnist`` or ``retinamnist``.
+        url: where to download the file from if it is missing.
+        md5: the file's MD5 checksum.
+
+    Returns:
+        ``{"train", "validation", "test"}`` datalists; ``image`` is an (H, W) or (H, W, C) uint8 array.
+    """
+    path = os.path.join(dataset_dir, f"{name}.npz")
+    if url or md5:
+        if not (url or os.path.isfile(path)):
+            raise FileNotFoundError(f"{path} not found and no download URL given")
+        download_url(url or "", path, hash_val=md5, hash_type="md5", progress=False)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: check dataset_dir and the MedMNIST file name")
+    with np.load(path, allow_pickle=False) as arrays:
+        out = {}
+        for split, key in (("train", "train"), ("validation", "val"), ("test", "test")):
+            images, labels = arrays[f"{key}_images"], arrays[f"{key}_labels"].reshape(-1)
+            out[split] = [
+                {"image": images[i], "label": int(labels[i]), "id": f"{name}_{key}_{i}"} for i in range(len(labels))
+            ]
+    return out
+
+
+def class_weights(items: Sequence[dict], num_classes: int) -> torch.Tensor:
+    """Inverse-frequency class weights, normalised to mean 1, for a weighted cross-entropy."""
+    counts = Counter(int(it["label"]) for it in items)
+    missing = [c for c in range(num_classes) if counts[c] == 0]
+    if missing:
+        raise ValueError(f"class(es) {missing} have no training image")
+    weights = torch.tensor([1.0 / counts[c] for c in range(num_classes)])
+    return weights * num_classes / weights.sum()
+
+
+def class_balanced_sampler(items: Sequence[dict], num_classes: int, seed: int = 0) -> torch.utils.data.Sampler:
+    """Draws training images with replacement so that every class is equally likely."""
+    per_class = class_weights(items, num_classes)
+    weights = torch.stack([per_class[int(it["label"])] for it in items]).double()
+    return torch.utils.data.WeightedRandomSampler(
+        weights, num_samples=len(items), replacement=True, generator=torch.Generator().manual_seed(seed)
+    )

@@ -1,0 +1,162 @@
+"""MONAI engines that train and validate DiffMIC."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.handlers import ValidationHandler
+from monai.utils.enums import CommonKeys as Keys
+from torch.optim import Optimizer
+
+from .inferer import DiffMICInferer, unwrap
+from .losses import rbf_mmd
+
+__all__ = ["DiffMICTrainer", "DiffMICEvaluator", "JointValidationHandler", "scalar_terms"]
+
+
+class DiffMICTrainer(SupervisedTrainer):
+    """Trains the guidance model and the diffusion head in one engine.
+
+    Epochs ``1..warmup_epochs`` train the DCG alone with cross-entropy (``loss_function``). After that
+    each iteration makes one DCG cross-entropy step (``dcg_optimizer``) and one step of the encoder and
+    denoiser (``optimizer``) on the loss ``MSE(eps, eps_hat_fused) + mmd_weight * (MMD(eps,
+    eps_hat_global) + MMD(eps, eps_hat_local))``, then updates the EMA. The DCG runs once per
+    iteration: its detached softmaxes are the priors of the three streams, and the image features are
+    computed once and shared by them. Without diffusion (the ``basic`` ablation) every epoch is a
+    cross-entropy epoch.
+
+    Args:
+        optimizer: optimizer of the encoder and denoiser (``network.head``).
+        dcg_optimizer: optimizer of the DCG model (``network.dcg``).
+        loss_function: the DCG's classification loss, applied to the global, local and fused logits.
+        warmup_epochs: DCG-only epochs before joint training.
+        noise_draws: (t, eps) draws per image per denoiser step, batched into one pass.
+        mmd_weight: lambda; 0 removes the MMD terms (ablation C2).
+        mmd_bandwidths: RBF bandwidths of the MMD kernel.
+        grad_clip: max gradient norm of the encoder and denoiser; None for no clipping.
+        other arguments: as :class:`monai.engines.SupervisedTrainer`.
+    """
+
+    def __init__(
+        self,
+        *args,
+        dcg_optimizer: Optimizer,
+        warmup_epochs: int = 10,
+        noise_draws: int = 1,
+        mmd_weight: float = 0.5,
+        mmd_bandwidths: Sequence[float] = (1.0,),
+        grad_clip: float | None = 1.0,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.dcg_optimizer = dcg_optimizer
+        self.warmup_epochs = warmup_epochs
+        self.noise_draws = noise_draws
+        self.mmd_weight = mmd_weight
+        self.mmd_bandwidths = tuple(mmd_bandwidths)
+        self.grad_clip = grad_clip
+
+    def in_warmup(self) -> bool:
+        """True while the DCG trains alone (always, without diffusion)."""
+        return self.state.epoch <= self.warmup_epochs or not unwrap(self.network).use_diffusion
+
+    def _iteration(self, engine: DiffMICTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        images, labels = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
+        labels = labels.reshape(-1).long()
+        model = unwrap(engine.network)
+        engine.network.train()
+
+        # DCG step: one forward whose detached softmaxes are also the diffusion priors
+        guidance = engine.inferer(images, model.dcg)
+        # without the local stream the three logits are one tensor
+        heads = ("global", "local", "fused") if model.dcg.use_local_stream else ("global",)
+        loss_ce = sum(engine.loss_function(guidance[k], labels) for k in heads)
+        engine.dcg_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        loss_ce.backward()
+        engine.dcg_optimizer.step()
+        output = {Keys.IMAGE: images, Keys.LABEL: labels, Keys.PRED: guidance["fused"].detach()}
+        output["loss_ce"] = loss_ce.detach()
+        output["lr_dcg"] = engine.dcg_optimizer.param_groups[0]["lr"]
+        if engine.in_warmup():
+            output[Keys.LOSS] = loss_ce.detach()
+            return output
+
+        loss_noise, loss_mmd = engine._diffusion_loss(model, images, labels, model.priors(guidance))
+        loss = loss_noise + engine.mmd_weight * loss_mmd
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        loss.backward()
+        if engine.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.head.parameters(), engine.grad_clip)
+        engine.optimizer.step()
+        model.update_ema()
+        output.update(loss_noise=loss_noise.detach(), loss_mmd=loss_mmd.detach())
+        output["lr_denoiser"] = engine.optimizer.param_groups[0]["lr"]
+        output[Keys.LOSS] = (loss_ce + loss).detach()
+        return output
+
+    def _diffusion_loss(
+        self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, priors: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise MSE on the fused-prior stream and the summed MMD of the global and local streams."""
+        draws = self.noise_draws
+        priors = {k: v.detach().repeat(draws, 1) for k, v in priors.items()}
+        features = model.head["encoder"](images).repeat(draws, 1)
+        y0 = F.one_hot(labels, model.num_classes).float().repeat(draws, 1)
+        t = torch.randint(0, model.diffusion.num_train_timesteps, (y0.shape[0],), device=y0.device)
+        eps = torch.randn_like(y0)
+        streams = ("fused", "global", "local") if self.mmd_weight > 0 else ("fused",)
+        eps_hat = {
+            k: model.head["denoiser"](features, model.diffusion.add_noise(y0, priors[k], eps, t), priors[k], t)
+            for k in streams
+        }
+        loss_noise = F.mse_loss(eps_hat["fused"], eps)
+        if self.mmd_weight == 0:
+            return loss_noise, torch.zeros_like(loss_noise)
+        loss_mmd = rbf_mmd(eps, eps_hat["global"], self.mmd_bandwidths) + rbf_mmd(
+            eps, eps_hat["local"], self.mmd_bandwidths
+        )
+        return loss_noise, loss_mmd
+
+
+class DiffMICEvaluator(SupervisedEvaluator):
+    """Validates DiffMIC: ``pred`` is the denoised label vector, ``prior`` the fused DCG prior.
+
+    ``inferer`` must be a :class:`DiffMICInferer`; the batch's ``id`` entries seed the sampling noise.
+    """
+
+    def _iteration(self, engine: DiffMICEvaluator, batchdata: dict[str, torch.Tensor]) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        images, labels = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
+        if not isinstance(engine.inferer, DiffMICInferer):
+            raise TypeError(f"DiffMICEvaluator needs a DiffMICInferer, got {type(engine.inferer).__name__}")
+        with engine.mode(engine.network):
+            pred, priors = engine.inferer.predict(images, engine.network, batchdata.get("id"))
+        return {
+            Keys.IMAGE: images,
+            Keys.LABEL: labels.reshape(-1).long(),
+            Keys.PRED: pred,
+            "prior": priors["fused"],
+            "prior_global": priors["global"],
+            "prior_local": priors["local"],
+        }
+
+
+def scalar_terms(output: dict) -> dict[str, float]:
+    """The loss terms and learning rates of a trainer iteration, for StatsHandler and TensorBoard."""
+    return {k: float(v) for k, v in output.items() if k.startswith(("loss", "lr"))}
+
+
+class JointValidationHandler(ValidationHandler):
+    """Validates like :class:`~monai.handlers.ValidationHandler`, but not during the DCG warm-up of a
+    diffusion model: its denoiser is untrained then, and a checkpoint must not be selected from it."""
+
+    def __call__(self, engine: DiffMICTrainer) -> None:
+        if unwrap(engine.network).use_diffusion and engine.state.epoch <= engine.warmup_epochs:
+            return
+        super().__call__(engine)

@@ -1,0 +1,36 @@
+"""Whole-split classification metrics for ignite's ``EpochMetric`` (never averaged per batch)."""
+
+from __future__ import annotations
+
+import torch
+from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, f1_score
+
+__all__ = ["accuracy", "balanced_accuracy", "macro_f1", "quadratic_kappa"]
+
+
+def _labels(y_pred: torch.Tensor, y: torch.Tensor) -> tuple:
+    return y.reshape(-1).long().cpu().numpy(), y_pred.argmax(dim=1).cpu().numpy()
+
+
+def accuracy(y_pred: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of argmax predictions equal to the class index ``y``; ``y_pred`` is (N, C)."""
+    truth, pred = _labels(y_pred, y)
+    return float((truth == pred).mean())
+
+
+def balanced_accuracy(y_pred: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean per-class recall."""
+    return float(balanced_accuracy_score(*_labels(y_pred, y)))
+
+
+def macro_f1(y_pred: torch.Tensor, y: torch.Tensor) -> float:
+    """Unweighted mean of the per-class F1 scores over the classes present in truth or prediction."""
+    return float(f1_score(*_labels(y_pred, y), average="macro", zero_division=0))
+
+
+def quadratic_kappa(y_pred: torch.Tensor, y: torch.Tensor) -> float:
+    """Cohen's kappa with quadratic weights, for ordinal grades (APTOS, RetinaMNIST)."""
+    truth, pred = _labels(y_pred, y)
+    if len(set(truth) | set(pred)) < 2:
+        return 0.0  # kappa is undefined when both raters use a single grade
+    return float(cohen_kappa_score(truth, pred, weights="quadratic"))

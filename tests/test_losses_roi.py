@@ -1,0 +1,52 @@
+"""MMD and ROI retrieval."""
+
+import torch
+
+from scripts.losses import rbf_mmd
+from scripts.roi import crop_windows, normalized_saliency, select_windows
+
+
+def test_mmd_zero_for_identical_and_grows_with_separation():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, generator=g)
+    assert rbf_mmd(x, x).abs() < 1e-6
+    y = torch.randn(64, 3, generator=g)
+    values = [float(rbf_mmd(x, y + shift, (0.5, 1.0, 2.0))) for shift in (0.0, 0.5, 1.0, 2.0)]
+    assert all(v >= 0 for v in values)
+    assert values == sorted(values) and values[-1] > values[0] + 0.1
+
+
+def test_windows_take_the_planted_hot_spots_in_bounds_without_overlap():
+    heat = torch.zeros(2, 32, 32)
+    planted = [(2, 3), (20, 18), (10, 24)]
+    for r, c in planted:
+        heat[:, r : r + 6, c : c + 6] = 1.0 + r / 100  # distinct, so the order is known
+    corners = select_windows(heat, num_windows=3, window=6)
+    assert corners.shape == (2, 3, 2)
+    assert sorted(map(tuple, corners[0].tolist())) == sorted(planted)
+    for b in range(2):
+        boxes = corners[b].tolist()
+        for i, (r1, c1) in enumerate(boxes):
+            assert 0 <= r1 <= 32 - 6 and 0 <= c1 <= 32 - 6
+            for r2, c2 in boxes[i + 1 :]:
+                assert abs(r1 - r2) >= 6 or abs(c1 - c2) >= 6, "windows overlap"
+
+
+def test_more_windows_than_fit_still_returns_k():
+    corners = select_windows(torch.rand(1, 8, 8), num_windows=5, window=4)
+    assert corners.shape == (1, 5, 2)
+
+
+def test_crops_are_the_image_pixels_of_every_channel():
+    images = torch.arange(2 * 3 * 10 * 10, dtype=torch.float32).view(2, 3, 10, 10)
+    corners = torch.tensor([[[1, 2], [5, 5]], [[0, 0], [6, 3]]])
+    crops = crop_windows(images, corners, 4)
+    assert crops.shape == (2, 2, 3, 4, 4)
+    assert torch.equal(crops[1, 1], images[1, :, 6:10, 3:7])
+    assert torch.equal(crops[0, 0], images[0, :, 1:5, 2:6])
+
+
+def test_saliency_is_normalised_per_class_then_summed():
+    saliency = torch.stack([torch.arange(4.0).view(2, 2), 10 * torch.arange(4.0).view(2, 2)])[None]
+    heat = normalized_saliency(saliency, (2, 2))
+    assert torch.allclose(heat[0], 2 * torch.arange(4.0).view(2, 2) / 3)

@@ -1,0 +1,127 @@
+"""Shapes of every network, ImageNet key mapping, and what each ablation variant lacks."""
+
+import pytest
+import torch
+
+from scripts.backbone import ResNetTrunk, load_backbone_weights
+from scripts.engine import DiffMICTrainer
+from scripts.network import DiffMIC
+
+SMALL_STEM = {"stem_kernel": 3, "stem_stride": 1, "stem_max_pool": False}
+
+
+def tiny_net(in_channels=3, num_classes=4, use_diffusion=True, use_local_stream=True):
+    trunk = {"depth": 10, **SMALL_STEM}
+    return DiffMIC(
+        num_classes,
+        in_channels,
+        guidance={
+            "global_trunk": trunk,
+            "local_trunk": trunk,
+            "use_local_stream": use_local_stream,
+            "num_rois": 2,
+            "roi_size": 8,
+        },
+        use_diffusion=use_diffusion,
+        width=32,
+        encoder={"trunk": trunk},
+        ema_decay=0.9,
+        sampling_steps=3,
+    )
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_shapes_of_every_network(in_channels):
+    net = tiny_net(in_channels).eval()
+    x = torch.randn(5, in_channels, 24, 24)
+    guidance = net.dcg(x)
+    assert guidance["global"].shape == guidance["local"].shape == guidance["fused"].shape == (5, 4)
+    assert guidance["rois"].shape == (5, 2, 2) and guidance["attention"].shape == (5, 2)
+    assert torch.allclose(guidance["attention"].sum(1), torch.ones(5))
+    features = net.head["encoder"](x)
+    assert features.shape == (5, 32)
+    eps = net.head["denoiser"](features, torch.randn(5, 4), torch.rand(5, 4), torch.randint(0, 1000, (5,)))
+    assert eps.shape == (5, 4)
+    with torch.no_grad():
+        denoised, priors = net.predict(x)
+    assert denoised.shape == (5, 4) and priors["fused"].shape == (5, 4)
+    assert not torch.allclose(denoised, priors["fused"])  # the output is the denoised vector, not the prior
+
+
+def test_torchvision_weights_map_onto_the_trunk(tmp_path):
+    """A synthetic torchvision-format ResNet-18 state dict (same names and shapes) loads one to one."""
+    source = ResNetTrunk(depth=18, in_channels=3)
+    torchvision_like = {
+        k.removeprefix("resnet."): v.clone().normal_() if v.is_floating_point() else v
+        for k, v in source.state_dict().items()
+    }
+    torchvision_like["fc.weight"] = torch.zeros(1000, 512)
+    torchvision_like["fc.bias"] = torch.zeros(1000)
+    path = tmp_path / "resnet18_imagenet.pth"
+    torch.save(torchvision_like, path)
+
+    rgb = load_backbone_weights(ResNetTrunk(depth=18, in_channels=3), str(path), "torchvision")
+    assert torch.equal(rgb.resnet.layer2[0].downsample[0].weight, torchvision_like["layer2.0.downsample.0.weight"])
+    grey = load_backbone_weights(ResNetTrunk(depth=18, in_channels=1), str(path), "torchvision")
+    assert torch.allclose(grey.resnet.conv1.weight, torchvision_like["conv1.weight"].sum(1, keepdim=True))
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match="partial.pth does not match"):
+        load_backbone_weights(ResNetTrunk(depth=18), str(tmp_path / "partial.pth"), "torchvision")
+
+
+def one_iteration(variant: str) -> dict:
+    """One joint-training iteration of an ablation variant; returns the trainer's output."""
+    net = tiny_net(
+        in_channels=1, num_classes=2, use_diffusion=variant != "basic", use_local_stream=variant in ("C2", "full")
+    )
+    batch = {"image": torch.randn(6, 1, 24, 24), "label": torch.tensor([0, 1, 0, 1, 1, 0])}
+    head_params = net.head.parameters() if net.use_diffusion else [torch.zeros(1, requires_grad=True)]
+    trainer = DiffMICTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=[batch],
+        network=net,
+        optimizer=torch.optim.Adam(head_params, 1e-3),
+        dcg_optimizer=torch.optim.Adam(net.dcg.parameters(), 1e-3),
+        loss_function=torch.nn.CrossEntropyLoss(),
+        warmup_epochs=0,
+        noise_draws=2,
+        mmd_weight=0.5 if variant == "full" else 0.0,
+        decollate=False,
+    )
+    trainer.run()
+    return {"net": net, "output": trainer.state.output}
+
+
+def test_basic_has_no_diffusion():
+    run = one_iteration("basic")
+    assert not hasattr(run["net"], "head") and not hasattr(run["net"], "diffusion")
+    assert "loss_noise" not in run["output"]
+
+
+def test_c1_has_no_local_stream_parameters():
+    run = one_iteration("C1")
+    names = [n for n, _ in run["net"].named_parameters()]
+    assert not any(n.startswith(("dcg.local", "dcg.mil")) for n in names)
+    assert "loss_noise" in run["output"]
+
+
+def test_c2_has_no_mmd_term_and_full_has_one():
+    c2 = one_iteration("C2")["output"]
+    assert float(c2["loss_mmd"]) == 0.0
+    assert torch.isclose(c2["loss"], c2["loss_ce"] + c2["loss_noise"])
+    full = one_iteration("full")["output"]
+    assert float(full["loss_mmd"]) > 0.0
+    assert torch.isclose(full["loss"], full["loss_ce"] + full["loss_noise"] + 0.5 * full["loss_mmd"])
+
+
+def test_ema_moves_and_is_used_for_sampling():
+    net = tiny_net()
+    before = [p.clone() for p in net.ema.module.parameters()]
+    with torch.no_grad():
+        for p in net.head.parameters():
+            p.add_(1.0)
+    net.update_ema()
+    after = list(net.ema.module.parameters())
+    assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert net.sampling_head() is net.ema.module

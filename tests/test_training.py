@@ -1,0 +1,172 @@
+"""End to end on real data: training through MONAI's bundle workflow, in-process and by the CLI."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+from sklearn.metrics import f1_score
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import BUNDLE, TINY, bundle_configs, require_data, train_workflow
+
+
+def test_training_writes_the_model_latest_checkpoint_and_tensorboard(trained_bundle):
+    models = trained_bundle["dir"] / "models"
+    state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+    network = trained_bundle["workflow"].parser.get_parsed_content("network_def")
+    assert set(state) == set(network.state_dict())  # a flat state dict of network_def, EMA included
+    assert any(k.startswith("ema.module.") for k in state)
+    latest = list(models.glob("latest_checkpoint_epoch=*.pt"))
+    assert [p.name for p in latest] == [f"latest_checkpoint_epoch={TINY['max_epochs']}.pt"]
+    resume = torch.load(latest[0], map_location="cpu", weights_only=True)
+    assert {"network", "optimizer", "dcg_optimizer", "lr_scheduler", "trainer"} <= set(resume)
+    assert resume["trainer"]["iteration"] == resume["trainer"]["epoch_length"] * TINY["max_epochs"]
+
+    tags = set()
+    for events in (trained_bundle["dir"] / "eval").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"loss", "loss_ce", "loss_noise", "loss_mmd", "lr_denoiser", "val_macro_f1", "prior_macro_f1"} <= tags
+
+
+def test_denoised_prediction_beats_the_majority_class(trained_bundle):
+    workflow = trained_bundle["workflow"]
+    evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+    labels = np.array([d["label"] for d in workflow.parser.get_parsed_content("datalists")["validation"]])
+    majority = np.full_like(labels, np.bincount(labels).argmax())
+    baseline = f1_score(labels, majority, average="macro")
+    # validation ran on the joint epochs only; its last value is the denoised prediction's
+    assert evaluator.state.epoch == TINY["max_epochs"]
+    assert evaluator.state.metrics["val_macro_f1"] > baseline
+    assert evaluator.state.best_metric_epoch > TINY["warmup_epochs"]
+
+
+def test_train_workflow_has_every_property():
+    workflow = ConfigWorkflow(
+        config_file=bundle_configs("train", "data/breastmnist", "small"),
+        workflow_type="train",
+        bundle_root=str(BUNDLE),
+    )
+    workflow.initialize()
+    assert not workflow.check_properties()
+
+
+def _ham_subset(tmp_path, data_dir, per_split=(24, 12)):
+    """A small copy of HAM10000's layout (images linked, not copied): the first rows of each split."""
+    root = tmp_path / "ham10000"
+    (root / "images").mkdir(parents=True)
+    with open(data_dir / "ham10000" / "diffmic_split.csv") as f:
+        rows = list(csv.DictReader(f))
+    chosen = [r for r in rows if r["split"] == "train"][: per_split[0]]
+    chosen += [r for r in rows if r["split"] == "test"][: per_split[1]]
+    ids = {r["image_id"] for r in chosen}
+    with open(root / "diffmic_split.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["image_id", "split"])
+        writer.writeheader()
+        writer.writerows(chosen)
+    with open(data_dir / "ham10000" / "HAM10000_metadata.csv") as f:
+        reader = csv.DictReader(f)
+        meta = [r for r in reader if r["image_id"] in ids]
+        fields = reader.fieldnames
+    with open(root / "HAM10000_metadata.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        writer.writerows(meta)
+    for image_id in ids:
+        os.symlink(data_dir / "ham10000" / "images" / f"{image_id}.jpg", root / "images" / f"{image_id}.jpg")
+    return root, {r["image_id"]: r for r in meta}
+
+
+def test_ham10000_subset_class_order_splits_and_seven_way_output(tmp_path):
+    data_dir = require_data("ham10000/HAM10000_metadata.csv", "ham10000/diffmic_split.csv")
+    root, meta = _ham_subset(tmp_path, data_dir)
+    parser = ConfigParser()
+    parser.read_config(bundle_configs("train", "data/ham10000"))
+    parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(root)})
+    assert parser.get_parsed_content("class_names") == ["mel", "nv", "bcc", "akiec", "bkl", "df", "vasc"]
+    lists = parser.get_parsed_content("datalists")
+    assert len(lists["train"]) + len(lists["validation"]) == 24 and len(lists["test"]) == 12
+    assert len(lists["validation"]) > 0
+    order = parser.get_parsed_content("class_names")
+    for item in lists["train"] + lists["validation"] + lists["test"]:
+        assert order[item["label"]] == meta[item["id"]]["dx"]
+    train_lesions = {meta[i["id"]]["lesion_id"] for i in lists["train"]}
+    assert not train_lesions & {meta[i["id"]]["lesion_id"] for i in lists["validation"]}
+
+    out = tmp_path / "run"
+    overrides = dict(
+        TINY,
+        image_size=32,
+        batch_size=8,
+        max_epochs=1,
+        warmup_epochs=0,
+        num_rois=2,
+        roi_size=8,
+        stem={"stem_kernel": 3, "stem_stride": 2, "stem_max_pool": False},
+        num_workers=0,
+    )
+    workflow = train_workflow(bundle_configs("train", "data/ham10000"), out, dataset_dir=str(root), **overrides)
+    network = workflow.parser.get_parsed_content("network").eval()
+    image = workflow.parser.get_parsed_content("validate#dataset")[0]["image"][None]
+    with torch.no_grad():
+        assert network(image).shape == (1, 7)
+    assert (out / "models" / "model.pt").is_file()
+
+
+def test_cli_training_smoke(tmp_path):
+    """`python -m monai.bundle run training` as a user types it (2 epochs, BreastMNIST, tiny recipe)."""
+    data_dir = require_data("medmnist/breastmnist.npz")
+    configs = "['configs/train.yaml','configs/data/breastmnist.yaml','configs/small.yaml']"
+    args = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        configs,
+        "--output_dir",
+        str(tmp_path / "eval"),
+        "--model_dir",
+        str(tmp_path / "models"),
+        "--max_epochs",
+        "2",
+        "--warmup_epochs",
+        "1",
+        "--lr_warmup_epochs",
+        "0",
+        "--width",
+        "64",
+        "--encoder_depth",
+        "10",
+        "--global_depth",
+        "10",
+        "--local_depth",
+        "10",
+    ]
+    env = dict(os.environ, DIFFMIC_DATA_DIR=str(data_dir))
+    done = subprocess.run(args, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert "Key metric: val_macro_f1 best value" in done.stderr + done.stdout
+
+
+def test_medmnist_download_is_checked_and_atomic(tmp_path):
+    """The download path on a local file:// URL: a good checksum installs the file, a bad one leaves nothing."""
+    from monai.apps.utils import HashCheckError
+
+    from scripts.data import medmnist_datalists
+
+    source = require_data("medmnist/breastmnist.npz") / "medmnist" / "breastmnist.npz"
+    good = "750601b1f35ba3300ea97c75c52ff8f6"
+    lists = medmnist_datalists(str(tmp_path / "ok"), "breastmnist", source.as_uri(), good)
+    assert [len(lists[k]) for k in ("train", "validation", "test")] == [546, 78, 156]
+    with pytest.raises(HashCheckError):
+        medmnist_datalists(str(tmp_path / "bad"), "breastmnist", source.as_uri(), "0" * 32)
+    assert not (tmp_path / "bad" / "breastmnist.npz").exists()
