@@ -1,6 +1,20 @@
 """DiffMIC bundle scripts: networks, diffusion, engines and data of the bundle's configs."""
 
-from . import backbone, data, dcg, denoiser, diffusion, engine, inferer, losses, metrics, network, roi, transforms
+from . import (
+    backbone,
+    data,
+    dcg,
+    denoiser,
+    diffusion,
+    engine,
+    handlers,
+    inferer,
+    losses,
+    metrics,
+    network,
+    roi,
+    transforms,
+)
 
 __all__ = [
     "backbone",
@@ -9,6 +23,7 @@ __all__ = [
     "denoiser",
     "diffusion",
     "engine",
+    "handlers",
     "inferer",
     "losses",
     "metrics",

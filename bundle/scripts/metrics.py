@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from ignite.metrics import EpochMetric
+from monai.handlers import from_engine
 from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, f1_score
 
-__all__ = ["accuracy", "balanced_accuracy", "macro_f1", "quadratic_kappa"]
+__all__ = ["accuracy", "balanced_accuracy", "macro_f1", "quadratic_kappa", "split_metric", "majority_baseline"]
 
 
 def _labels(y_pred: torch.Tensor, y: torch.Tensor) -> tuple:
@@ -34,3 +37,24 @@ def quadratic_kappa(y_pred: torch.Tensor, y: torch.Tensor) -> float:
     if len(set(truth) | set(pred)) < 2:
         return 0.0  # kappa is undefined when both raters use a single grade
     return float(cohen_kappa_score(truth, pred, weights="quadratic"))
+
+
+METRICS = {"accuracy": accuracy, "balanced_accuracy": balanced_accuracy, "macro_f1": macro_f1, "kappa": quadratic_kappa}
+
+
+def split_metric(name: str, source: str = "pred") -> EpochMetric:
+    """An ignite metric over the whole split of engine outputs ``source`` (``pred`` or ``prior``) and ``label``.
+
+    Args:
+        name: one of ``accuracy``, ``balanced_accuracy``, ``macro_f1``, ``kappa`` (quadratic weighted).
+        source: the output key holding (N, C) class scores.
+    """
+    return EpochMetric(METRICS[name], from_engine([source, "label"]), check_compute_fn=False)
+
+
+def majority_baseline(labels: list[int], num_classes: int) -> dict[str, float]:
+    """The metrics of always predicting the most frequent class of ``labels``."""
+    y = torch.as_tensor(labels).long()
+    scores = torch.zeros(len(y), num_classes)
+    scores[:, int(np.bincount(y.numpy(), minlength=num_classes).argmax())] = 1.0
+    return {name: fn(scores, y) for name, fn in METRICS.items()}
