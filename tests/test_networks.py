@@ -115,13 +115,17 @@ def test_c2_has_no_mmd_term_and_full_has_one():
     assert torch.isclose(full["loss"], full["loss_ce"] + full["loss_noise"] + 0.5 * full["loss_mmd"])
 
 
-def test_ema_moves_and_is_used_for_sampling():
-    net = tiny_net()
-    before = [p.clone() for p in net.ema.module.parameters()]
-    with torch.no_grad():
-        for p in net.head.parameters():
-            p.add_(1.0)
-    net.update_ema()
-    after = list(net.ema.module.parameters())
-    assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+def test_ema_ramps_up_and_is_used_for_sampling():
+    net = tiny_net()  # ema_decay 0.9
+    weight = net.head["denoiser"].output.weight
+    averaged = net.ema.module["denoiser"].output.weight
+    net.update_ema()  # the first update copies the weights
+    assert torch.equal(averaged, weight)
+    for n in range(1, 40):
+        before = averaged.clone()
+        with torch.no_grad():
+            weight.add_(1.0)
+        net.update_ema()
+        decay = min(0.9, (1 + n) / (10 + n))  # ramped: short memory early, `decay` later
+        assert torch.allclose(averaged, decay * before + (1 - decay) * weight, atol=1e-5)
     assert net.sampling_head() is net.ema.module

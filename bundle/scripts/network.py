@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from .dcg import DualGranularityGuidance
 from .denoiser import ConditionalDenoiser, ImageEncoder
 from .diffusion import PriorShiftedDiffusion
 
-__all__ = ["DiffMIC"]
+__all__ = ["DiffMIC", "warmup_ema"]
+
+
+def warmup_ema(decay: float):
+    """An ``AveragedModel`` averaging function: EMA whose decay ramps up as min(decay, (1 + n) / (10 + n)).
+
+    A fixed decay averages the first, fast-changing weights for too long: with 0.99, a few hundred steps
+    in (all a CPU run has), the average still mixes weights that no longer agree with each other or with
+    the averaged BatchNorm statistics, and it samples far worse than the trained weights.
+    """
+
+    def average(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = float(num_averaged)
+        return averaged + (current - averaged) * (1.0 - min(decay, (1.0 + n) / (10.0 + n)))
+
+    return average
 
 
 class DiffMIC(nn.Module):
@@ -28,8 +43,9 @@ class DiffMIC(nn.Module):
         width: denoiser width, also the encoder's output size (6144 in the paper).
         encoder: keyword arguments of :class:`ImageEncoder` (besides in_channels and width).
         diffusion: keyword arguments of :class:`PriorShiftedDiffusion`.
-        ema_decay: decay of the exponential moving average of the encoder and denoiser weights; None
-            for no EMA (then the trained weights are used for sampling).
+        ema_decay: decay of the exponential moving average of the encoder and denoiser weights and
+            BatchNorm statistics (ramped up, see :func:`warmup_ema`); None for no EMA (then the trained
+            weights are used for sampling).
         sampling_steps: K, the number of strided reverse steps.
         eta: DDIM stochasticity of the reverse steps (0: deterministic after the initial draw).
     """
@@ -63,7 +79,7 @@ class DiffMIC(nn.Module):
                 }
             )
             if ema_decay is not None:
-                self.ema = AveragedModel(self.head, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+                self.ema = AveragedModel(self.head, avg_fn=warmup_ema(ema_decay), use_buffers=True)
                 self.ema.requires_grad_(False)  # updated by averaging, never by an optimizer
 
     @staticmethod
