@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from ignite.metrics import EpochMetric
 from monai.handlers import from_engine
-from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, f1_score
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, cohen_kappa_score, f1_score
 
 __all__ = ["accuracy", "balanced_accuracy", "macro_f1", "quadratic_kappa", "split_metric", "majority_baseline"]
 
@@ -17,8 +17,7 @@ def _labels(y_pred: torch.Tensor, y: torch.Tensor) -> tuple:
 
 def accuracy(y_pred: torch.Tensor, y: torch.Tensor) -> float:
     """Fraction of argmax predictions equal to the class index ``y``; ``y_pred`` is (N, C)."""
-    truth, pred = _labels(y_pred, y)
-    return float((truth == pred).mean())
+    return float(accuracy_score(*_labels(y_pred, y)))
 
 
 def balanced_accuracy(y_pred: torch.Tensor, y: torch.Tensor) -> float:
