@@ -26,7 +26,7 @@ def tiny_net(in_channels=3, num_classes=4, use_diffusion=True, use_local_stream=
         width=32,
         encoder={"trunk": trunk},
         ema_decay=0.9,
-        sampling_steps=3,
+        sampler={"name": "ddim", "steps": 3},
     )
 
 
@@ -43,9 +43,10 @@ def test_shapes_of_every_network(in_channels):
     eps = net.head["denoiser"](features, torch.randn(5, 4), torch.rand(5, 4), torch.randint(0, 1000, (5,)))
     assert eps.shape == (5, 4)
     with torch.no_grad():
-        denoised, priors = net.predict(x)
-    assert denoised.shape == (5, 4) and priors["fused"].shape == (5, 4)
-    assert not torch.allclose(denoised, priors["fused"])  # the output is the denoised vector, not the prior
+        out = net.predict(x, torch.randn(5, 2, net.noise_draws(), 4))
+        denoised = net(x)
+    assert out["denoised"].shape == (5, 2, 4) and out["fused"].shape == (5, 4) and denoised.shape == (5, 4)
+    assert not torch.allclose(denoised, out["fused"])  # the output is the denoised vector, not the prior
 
 
 def test_torchvision_weights_map_onto_the_trunk(tmp_path):

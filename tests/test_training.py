@@ -1,7 +1,6 @@
 """End to end on real data: training through MONAI's bundle workflow, in-process and by the CLI."""
 
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -171,31 +170,6 @@ def test_medmnist_download_is_checked_and_atomic(tmp_path):
     with pytest.raises(HashCheckError):
         medmnist_datalists(str(tmp_path / "bad"), "breastmnist", source.as_uri(), "0" * 32)
     assert not (tmp_path / "bad" / "breastmnist.npz").exists()
-
-
-def test_evaluation_on_the_test_split_writes_metrics_json(trained_bundle, tmp_path):
-    """`evaluating` loads model.pt and scores the test split; metrics.json has both blocks and the settings."""
-    from monai.bundle import ConfigWorkflow
-
-    out = trained_bundle["dir"]
-    workflow = ConfigWorkflow(
-        config_file=bundle_configs("train", "data/breastmnist", "small", "evaluate"),
-        workflow_type=None,
-        run_id="evaluating",
-        bundle_root=str(BUNDLE),
-        data_root=str(require_data("medmnist/breastmnist.npz")),
-        model_dir=str(out / "models"),
-        output_dir=str(tmp_path),
-        **TINY,
-    )
-    workflow.initialize()
-    workflow.run()
-    report = json.loads((tmp_path / "metrics.json").read_text())
-    assert report["split"] == "test" and report["num_images"] == 156
-    assert set(report["denoised"]) == set(report["prior"]) == {"accuracy", "balanced_accuracy", "macro_f1", "kappa"}
-    assert report["checkpoint"] == str(out / "models" / "model.pt")
-    assert report["sampler"] == {"name": "ddim", "steps": 10, "eta": 0.0}
-    assert report["majority_baseline"]["accuracy"] == pytest.approx(114 / 156)
 
 
 def test_class_weights_and_balanced_sampler():

@@ -7,13 +7,17 @@ from . import (
     denoiser,
     diffusion,
     engine,
+    figures,
     handlers,
     inferer,
     losses,
     metrics,
     network,
     roi,
+    sampler,
     transforms,
+    tsne,
+    uncertainty,
 )
 
 __all__ = [
@@ -23,11 +27,15 @@ __all__ = [
     "denoiser",
     "diffusion",
     "engine",
+    "figures",
     "handlers",
     "inferer",
     "losses",
     "metrics",
     "network",
     "roi",
+    "sampler",
     "transforms",
+    "tsne",
+    "uncertainty",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -12,7 +13,18 @@ import torch
 from monai.apps import download_url
 from sklearn.model_selection import StratifiedGroupKFold
 
-__all__ = ["csv_datalists", "medmnist_datalists", "class_weights", "class_balanced_sampler"]
+__all__ = [
+    "csv_datalists",
+    "medmnist_datalists",
+    "folder_datalist",
+    "read_datalist",
+    "class_weights",
+    "class_balanced_sampler",
+    "IMAGE_EXTENSIONS",
+]
+
+# files that inference reads from a folder: MONAI's PIL, NiBabel and ITK readers load them
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".dcm")
 
 
 def _read_csv(path: str, columns: Sequence[str]) -> list[dict[str, str]]:
@@ -140,6 +152,81 @@ def medmnist_datalists(
                 {"image": images[i], "label": int(labels[i]), "id": f"{name}_{key}_{i}"} for i in range(len(labels))
             ]
     return out
+
+
+def _image_id(relative_path: str) -> str:
+    """An image's identifier: its path relative to the listed folder, without the extension, '/'-separated."""
+    name = relative_path.replace(os.sep, "/")
+    for ext in sorted(IMAGE_EXTENSIONS, key=len, reverse=True):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return os.path.splitext(name)[0]
+
+
+def _check_unique(items: list[dict], source: str) -> None:
+    seen: dict[str, str] = {}
+    clashes = []
+    for it in items:
+        if it["id"] in seen:
+            clashes.append(f"{it['image']} and {seen[it['id']]} share the id {it['id']!r}")
+        seen.setdefault(it["id"], it["image"])
+    if clashes:
+        shown = "\n  ".join(clashes)
+        raise ValueError(f"{source}: image ids must be unique (they seed the sampling noise):\n  {shown}")
+
+
+def folder_datalist(folder: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[dict]:
+    """Every image file under ``folder`` (recursively, sorted), as ``{"image": path, "id": identifier}``.
+
+    The identifier is the path relative to ``folder`` without its extension (``ISIC_0024306`` for
+    ``ISIC_0024306.jpg``), which is how the training datalists name images, so the sampling noise, seeded
+    by identifier, is the same for an image in evaluation and in inference.
+    """
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder} is not a folder: set dataset_dir to the folder of images to classify")
+    items = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            if name.lower().endswith(tuple(extensions)):
+                path = os.path.join(root, name)
+                items.append({"image": path, "id": _image_id(os.path.relpath(path, folder))})
+    if not items:
+        raise ValueError(f"no image files ({', '.join(extensions)}) under {folder}")
+    _check_unique(items, folder)
+    return items
+
+
+def read_datalist(path: str) -> list[dict]:
+    """Images listed in a CSV (column ``image``, optional ``id``) or a JSON file (a list of such objects,
+    or ``{"data": [...]}``). Relative paths are relative to the list's folder; ``id`` defaults to the file
+    name without extension. Every missing file is reported together, with its row.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"datalist {path} not found")
+    if path.lower().endswith(".json"):
+        with open(path) as f:
+            content = json.load(f)
+        rows = content.get("data") if isinstance(content, dict) else content
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and "image" in r for r in rows):
+            raise ValueError(f"{path}: expected a list of objects with an 'image' key (or {{'data': [...]}})")
+        where = [f"{path} item {i}" for i in range(len(rows))]
+    else:
+        rows = _read_csv(path, ["image"])
+        where = [f"{path} row {i}" for i in range(2, len(rows) + 2)]
+    base = os.path.dirname(os.path.abspath(path))
+    items, problems = [], []
+    for row, place in zip(rows, where, strict=True):
+        image = os.path.join(base, str(row["image"]))
+        if not os.path.isfile(image):
+            problems.append(f"{place}: image file {image} not found")
+        items.append({"image": image, "id": str(row.get("id") or _image_id(os.path.basename(str(row["image"]))))})
+    if problems:
+        raise ValueError(f"{len(problems)} problem(s) in {path}:\n  " + "\n  ".join(problems))
+    if not items:
+        raise ValueError(f"{path} lists no images")
+    _check_unique(items, path)
+    return items
 
 
 def class_weights(items: Sequence[dict], num_classes: int) -> torch.Tensor:

@@ -124,27 +124,37 @@ class DiffMICTrainer(SupervisedTrainer):
 
 
 class DiffMICEvaluator(SupervisedEvaluator):
-    """Validates DiffMIC: ``pred`` is the denoised label vector, ``prior`` the fused DCG prior.
+    """Evaluates DiffMIC or runs it on unlabelled images.
 
-    ``inferer`` must be a :class:`DiffMICInferer`; the batch's ``id`` entries seed the sampling noise.
+    Outputs per batch: ``pred``, the mean class probabilities of the denoised samples (see
+    :mod:`scripts.uncertainty`); ``prior``, ``prior_global``, ``prior_local``, the DCG's prior
+    probabilities; ``denoised`` (B, S, C), ``vote``, ``agreement``, ``entropy``, ``saliency``, ``rois``;
+    ``id``; and ``label`` when the batch has labels. ``inferer`` must be a :class:`DiffMICInferer`: the
+    batch's ``id`` entries seed the sampling noise.
     """
 
     def _iteration(self, engine: DiffMICEvaluator, batchdata: dict[str, torch.Tensor]) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
-        images, labels = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
         if not isinstance(engine.inferer, DiffMICInferer):
             raise TypeError(f"DiffMICEvaluator needs a DiffMICInferer, got {type(engine.inferer).__name__}")
+        if "id" not in batchdata:
+            raise KeyError("batch without 'id': every datalist item needs an identifier (it seeds the sampling noise)")
+        images, labels = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
         with engine.mode(engine.network):
-            pred, priors = engine.inferer.predict(images, engine.network, batchdata.get("id"))
-        return {
+            out = engine.inferer.predict(images, engine.network, batchdata["id"])
+        output = {
             Keys.IMAGE: images,
-            Keys.LABEL: labels.reshape(-1).long(),
-            Keys.PRED: pred,
-            "prior": priors["fused"],
-            "prior_global": priors["global"],
-            "prior_local": priors["local"],
+            Keys.PRED: out["probs"],
+            "prior": out["fused"],
+            "prior_global": out["global"],
+            "prior_local": out["local"],
+            "id": list(batchdata["id"]),
         }
+        output.update({k: out[k] for k in ("denoised", "vote", "agreement", "entropy", "saliency", "rois")})
+        if labels is not None:
+            output[Keys.LABEL] = labels.reshape(-1).long()
+        return output
 
 
 def scalar_terms(output: dict) -> dict[str, float]:

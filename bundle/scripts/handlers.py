@@ -1,42 +1,207 @@
-"""Ignite handlers of the bundle's workflows."""
+"""Ignite handlers that write an evaluation's or inference's results: tables, metrics, figures."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+from collections.abc import Sequence
 
+import numpy as np
+import torch
 from ignite.engine import Engine, Events
+from monai.data import decollate_batch
 
-__all__ = ["MetricsJSONWriter"]
+from .figures import calibration_figure, confusion_figure, saliency_figure, save_figure
+from .metrics import calibration_bins, classification_report, uncertainty_report
+from .roi import normalized_saliency
+
+__all__ = ["PredictionReport", "SaliencyWriter", "write_atomic"]
+
+PRIORS = {"fused": "", "global": "_global", "local": "_local"}  # prior name: suffix of its engine output key
+PROBABILITY_RULE = (
+    "per sample: clip the denoised label vector at 0 and divide by its sum (one-hot of its argmax when no entry "
+    "is positive); per image: the mean over samples; prediction: argmax of the mean"
+)
 
 
-class MetricsJSONWriter:
-    """Writes an evaluator's metrics to a JSON file when it completes, atomically (temporary file, rename).
+def write_atomic(path: str, text: str) -> None:
+    """Writes ``text`` through a temporary file and a rename: an interrupted write leaves the old file intact."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    partial = f"{path}.partial"
+    with open(partial, "w", newline="") as f:
+        f.write(text)
+    os.replace(partial, path)
 
-    Metrics named ``prior_*`` go to a ``prior`` block (the DCG guidance alone), the others to a
-    ``denoised`` block (the diffusion's prediction).
+
+def _images(output: dict | list) -> list[dict]:
+    """The engine output as one dict per image, whether or not the engine decollated it."""
+    return decollate_batch(output, detach=True) if isinstance(output, dict) else list(output)
+
+
+def _as_float(value) -> float:
+    return float(value.item() if isinstance(value, torch.Tensor) else value)
+
+
+class PredictionReport:
+    """Collects an evaluator's per-image outputs and, when it completes, writes to ``output_dir``:
+
+    - ``predictions.csv``: one row per image: ``id``, ``true_label`` (when labels exist),
+      ``predicted_label``, ``prob_<class>`` per class, ``entropy`` (nats), ``vote_label`` and
+      ``vote_agreement`` of the samples, ``prior_label`` (the DCG's fused prior alone);
+    - with labels: ``metrics.json`` (the denoised prediction's metrics, the same for the fused,
+      global and local priors, uncertainty metrics, and ``info``), ``confusion_matrix.png`` and
+      ``calibration.png``.
+
+    Every file is written atomically. Metrics are computed once over the whole split.
 
     Args:
-        path: the JSON file to write.
-        info: extra entries (checkpoint, sampler settings, seed, split, ...) written beside the metrics.
+        output_dir: where the files go.
+        class_names: class names in index order.
+        info: entries written beside the metrics (checkpoint, sampler, seed, split, ...).
+        coverages: fractions of most certain images at which accuracy is reported.
+        num_bins: confidence bins of the ECE and the reliability diagram.
     """
 
-    def __init__(self, path: str, info: dict | None = None) -> None:
-        self.path = path
+    def __init__(
+        self,
+        output_dir: str,
+        class_names: Sequence[str],
+        info: dict | None = None,
+        coverages: Sequence[float] = (0.5, 0.8, 0.9),
+        num_bins: int = 15,
+    ) -> None:
+        self.output_dir = output_dir
+        self.class_names = list(class_names)
         self.info = dict(info or {})
+        self.coverages = tuple(coverages)
+        self.num_bins = num_bins
+        self.records: list[dict] = []
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.COMPLETED, self)
+        engine.add_event_handler(Events.STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, self.write)
 
-    def __call__(self, engine: Engine) -> None:
-        metrics = {k: float(v) for k, v in engine.state.metrics.items()}
-        report = {
-            "denoised": {k: v for k, v in metrics.items() if not k.startswith("prior_")},
-            "prior": {k.removeprefix("prior_"): v for k, v in metrics.items() if k.startswith("prior_")},
+    def reset(self, engine: Engine | None = None) -> None:
+        self.records = []
+
+    def collect(self, engine: Engine) -> None:
+        for item in _images(engine.state.output):
+            if "id" not in item:
+                raise KeyError("engine output without 'id': every datalist item needs an identifier")
+            record = {"id": str(item["id"]), "probs": torch.as_tensor(item["pred"]).double().cpu()}
+            record["prior"] = {k: torch.as_tensor(item[f"prior{s}"]).double().cpu() for k, s in PRIORS.items()}
+            record.update({k: _as_float(item[k]) for k in ("entropy", "agreement") if k in item})
+            record["vote"] = int(item["vote"]) if "vote" in item else int(record["probs"].argmax())
+            if item.get("label") is not None:
+                record["label"] = int(_as_float(item["label"]))
+            self.records.append(record)
+
+    def table(self) -> list[dict]:
+        """The rows of predictions.csv."""
+        rows = []
+        for r in self.records:
+            row = {"id": r["id"]}
+            if "label" in r:
+                row["true_label"] = self.class_names[r["label"]]
+            row["predicted_label"] = self.class_names[int(r["probs"].argmax())]
+            probs = zip(self.class_names, r["probs"].tolist(), strict=True)
+            row.update({f"prob_{name}": f"{p:.6f}" for name, p in probs})
+            row["entropy"] = f"{r.get('entropy', float('nan')):.6f}"
+            row["vote_label"] = self.class_names[r["vote"]]
+            row["vote_agreement"] = f"{r.get('agreement', 1.0):.4f}"
+            row["prior_label"] = self.class_names[int(r["prior"]["fused"].argmax())]
+            rows.append(row)
+        return rows
+
+    def metrics(self) -> dict:
+        """metrics.json's content (labels needed)."""
+        labels = torch.tensor([r["label"] for r in self.records])
+        probs = torch.stack([r["probs"] for r in self.records])
+        entropy = torch.tensor([r.get("entropy", float("nan")) for r in self.records])
+        disagreement = 1.0 - torch.tensor([r.get("agreement", 1.0) for r in self.records])
+        votes = torch.nn.functional.one_hot(torch.tensor([r["vote"] for r in self.records]), len(self.class_names))
+        denoised = classification_report(probs, labels, self.class_names, self.num_bins)
+        denoised["vote_accuracy"] = float((votes.argmax(1) == labels).double().mean())
+        denoised["uncertainty"] = {
+            "entropy": uncertainty_report(probs, labels, entropy, self.coverages),
+            "disagreement": uncertainty_report(probs, labels, disagreement, self.coverages),
+        }
+        prior = {}
+        for name in PRIORS:
+            scores = torch.stack([r["prior"][name] for r in self.records])
+            prior[name] = classification_report(scores, labels, self.class_names, self.num_bins)
+            prior_entropy = torch.special.entr(scores).sum(1)
+            prior[name]["uncertainty"] = {"entropy": uncertainty_report(scores, labels, prior_entropy, self.coverages)}
+        return {
+            "num_images": len(self.records),
+            "denoised": denoised,
+            "prior": prior,
+            "probability_rule": PROBABILITY_RULE,
             **self.info,
         }
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        partial = f"{self.path}.partial"
-        with open(partial, "w") as f:
-            json.dump(report, f, indent=2)
-        os.replace(partial, self.path)
+
+    def write(self, engine: Engine | None = None) -> None:
+        if not self.records:
+            raise ValueError(f"no images were evaluated; nothing written to {self.output_dir}")
+        write_atomic(os.path.join(self.output_dir, "predictions.csv"), _csv_text(self.table()))
+        if not all("label" in r for r in self.records):
+            return
+        report = self.metrics()
+        write_atomic(os.path.join(self.output_dir, "metrics.json"), json.dumps(report, indent=2))
+        labels = torch.tensor([r["label"] for r in self.records])
+        probs = torch.stack([r["probs"] for r in self.records])
+        fused = torch.stack([r["prior"]["fused"] for r in self.records])
+        title = f"{self.info.get('split', '')} split, denoised prediction".strip()
+        save_figure(
+            confusion_figure(report["denoised"]["confusion_matrix"], self.class_names, title),
+            os.path.join(self.output_dir, "confusion_matrix.png"),
+        )
+        curves = {
+            "denoised": (calibration_bins(probs, labels, self.num_bins), report["denoised"]["ece"]),
+            "DCG prior": (calibration_bins(fused, labels, self.num_bins), report["prior"]["fused"]["ece"]),
+        }
+        save_figure(calibration_figure(curves), os.path.join(self.output_dir, "calibration.png"))
+
+
+def _csv_text(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+class SaliencyWriter:
+    """Writes, per image, ``<output_dir>/<id>.png``: the DCG saliency overlaid on the image, the ROI windows
+    that fed the local prior, and the predicted class with its probability in the title.
+
+    The overlay is the map the ROIs were selected from (per-class min-max normalised class maps, summed,
+    at image resolution).
+
+    Args:
+        output_dir: the folder of the PNGs.
+        class_names: class names in index order.
+        roi_size: side of the ROI windows in pixels.
+    """
+
+    def __init__(self, output_dir: str, class_names: Sequence[str], roi_size: int) -> None:
+        self.output_dir = output_dir
+        self.class_names = list(class_names)
+        self.roi_size = roi_size
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        for item in _images(engine.state.output):
+            image = torch.as_tensor(item["image"]).detach().float().cpu()
+            heat = normalized_saliency(torch.as_tensor(item["saliency"]).float().cpu()[None], image.shape[1:])[0]
+            probs = torch.as_tensor(item["pred"])
+            c = int(probs.argmax())
+            title = f"{item['id']}: {self.class_names[c]} ({float(probs[c]):.2f})"
+            figure = saliency_figure(image.numpy(), heat.numpy(), np.asarray(item["rois"]), self.roi_size, title)
+            name = str(item["id"]).replace("/", "__").replace(os.sep, "__")
+            save_figure(figure, os.path.join(self.output_dir, f"{name}.png"))

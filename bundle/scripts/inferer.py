@@ -1,4 +1,4 @@
-"""Reverse-diffusion inference with noise seeded per image."""
+"""Reverse-diffusion inference with noise seeded per image, several samples per image and their summary."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import torch
 from monai.inferers import Inferer
 from torch import nn
 
+from .uncertainty import summarize_samples
+
 __all__ = ["DiffMICInferer", "unwrap"]
 
 
@@ -18,35 +20,50 @@ def unwrap(network: nn.Module) -> nn.Module:
 
 
 class DiffMICInferer(Inferer):
-    """Runs DiffMIC's reverse sampling and returns the denoised label vectors.
+    """Runs DiffMIC's reverse sampling and returns the mean class probabilities of the denoised samples.
 
-    The initial noise of each image is drawn from a generator seeded with ``(seed, image id)``, so a
-    prediction does not depend on batch size, batch order or the process that computed it.
+    Every standard normal draw of an image's chains comes from a generator seeded with
+    ``(seed, image id)``, so a prediction does not depend on batch size, batch order or the process
+    that computed it. The ``num_samples`` chains of a batch run as one batch of B x S rows; the
+    backbones run once per image.
 
     Args:
         seed: the sampling seed.
+        num_samples: S, reverse chains per image (their probabilities are averaged; their spread is
+            the per-image uncertainty).
     """
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, num_samples: int = 1) -> None:
         super().__init__()
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
         self.seed = seed
+        self.num_samples = num_samples
 
-    def initial_noise(self, ids: Sequence[str], num_classes: int, device: torch.device) -> torch.Tensor:
-        """Standard normal noise (len(ids), num_classes), one seeded generator per image id."""
+    def noise(self, ids: Sequence[str], draws: int, num_classes: int, device: torch.device) -> torch.Tensor:
+        """Standard normal draws (len(ids), num_samples, draws, num_classes), one seeded generator per id."""
         rows = []
         for image_id in ids:
             generator = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{image_id}".encode()))
-            rows.append(torch.randn(num_classes, generator=generator))
+            rows.append(torch.randn(self.num_samples, draws, num_classes, generator=generator))
         return torch.stack(rows).to(device)
 
-    def predict(
-        self, inputs: torch.Tensor, network: nn.Module, ids: Sequence[str] | None = None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Denoised label vectors and the guidance priors; ``ids`` default to the batch positions."""
+    def predict(self, inputs: torch.Tensor, network: nn.Module, ids: Sequence | None = None) -> dict[str, torch.Tensor]:
+        """Everything one pass gives about a batch; ``ids`` default to the batch positions.
+
+        Returns:
+            the outputs of :meth:`DiffMIC.predict` (``denoised`` samples (B, S, C), the priors, the
+            saliency and ROIs) and their summary (:func:`summarize_samples`: ``probs``, ``vote``,
+            ``agreement``, ``entropy``).
+        """
         model = unwrap(network)
         ids = [str(i) for i in range(inputs.shape[0])] if ids is None else [str(i) for i in ids]
-        noise = self.initial_noise(ids, model.num_classes, inputs.device)
-        return model.predict(inputs, noise)
+        if len(ids) != inputs.shape[0]:
+            raise ValueError(f"{len(ids)} image ids for a batch of {inputs.shape[0]} images")
+        out = model.predict(inputs, self.noise(ids, model.noise_draws(), model.num_classes, inputs.device))
+        out.update(summarize_samples(out["denoised"]))
+        return out
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
-        return self.predict(inputs, network, kwargs.get("ids"))[0]
+        """Mean class probabilities (B, num_classes); pass ``ids=`` to seed by image identifier."""
+        return self.predict(inputs, network, kwargs.get("ids"))["probs"]

@@ -9,6 +9,7 @@ from torch.optim.swa_utils import AveragedModel
 from .dcg import DualGranularityGuidance
 from .denoiser import ConditionalDenoiser, ImageEncoder
 from .diffusion import PriorShiftedDiffusion
+from .sampler import ReverseSampler
 
 __all__ = ["DiffMIC", "warmup_ema"]
 
@@ -31,9 +32,9 @@ def warmup_ema(decay: float):
 class DiffMIC(nn.Module):
     """The DiffMIC classifier (Yang et al., MICCAI 2023).
 
-    ``forward(images)`` returns the denoised label vectors: reverse diffusion from N(prior, I)
-    through ``sampling_steps`` strided steps, with the EMA denoiser when there is one. With
-    ``use_diffusion=False`` (the ``basic`` ablation) it returns the softmax of the guidance logits.
+    ``forward(images)`` returns one denoised label vector per image: reverse diffusion from
+    N(prior, I) with ``sampler`` (10 DDIM steps by default), with the EMA head when there is one.
+    With ``use_diffusion=False`` (the ``basic`` ablation) it returns the softmax of the guidance logits.
 
     Args:
         num_classes: number of classes.
@@ -46,8 +47,8 @@ class DiffMIC(nn.Module):
         ema_decay: decay of the exponential moving average of the encoder and denoiser weights and
             BatchNorm statistics (ramped up, see :func:`warmup_ema`); None for no EMA (then the trained
             weights are used for sampling).
-        sampling_steps: K, the number of strided reverse steps.
-        eta: DDIM stochasticity of the reverse steps (0: deterministic after the initial draw).
+        sampler: keyword arguments of :class:`ReverseSampler` (name, steps, eta); it is not part of
+            the trained state, so evaluation may change it.
     """
 
     def __init__(
@@ -60,14 +61,12 @@ class DiffMIC(nn.Module):
         encoder: dict | None = None,
         diffusion: dict | None = None,
         ema_decay: float | None = 0.9999,
-        sampling_steps: int = 10,
-        eta: float = 0.0,
+        sampler: dict | None = None,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.use_diffusion = use_diffusion
-        self.sampling_steps = sampling_steps
-        self.eta = eta
+        self.sampler = ReverseSampler(**(sampler or {}))
         self.dcg = DualGranularityGuidance(num_classes, in_channels, **(guidance or {}))
         self.ema = None
         if use_diffusion:
@@ -96,41 +95,59 @@ class DiffMIC(nn.Module):
         """The encoder and denoiser used for sampling: the EMA copy when there is one."""
         return self.ema.module if self.ema is not None else self.head
 
-    def sample(self, features: torch.Tensor, prior: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Reverse diffusion from y_T = prior + noise down to the denoised label vector (chain in float64).
+    def noise_draws(self) -> int:
+        """Standard normal vectors one reverse chain of :attr:`sampler` consumes (1 without diffusion)."""
+        return self.sampler.num_draws(self.diffusion) if self.use_diffusion else 1
+
+    def sample(
+        self, features: torch.Tensor, prior: torch.Tensor, noise: torch.Tensor, trajectory: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Reverse diffusion of S chains per image, batched into one pass per step.
 
         Args:
             features: rho(x) from the sampling head's encoder, shape (B, width).
             prior: the fused prior, shape (B, num_classes).
-            noise: the initial noise (B, num_classes); drawn if None.
+            noise: standard normal draws, shape (B, S, :meth:`noise_draws`, num_classes).
+            trajectory: whether to return the visited states too.
 
         Returns:
-            denoised label vectors, shape (B, num_classes).
+            denoised label vectors (B, S, num_classes) and, if asked for, the states at every visited
+            timestep, each (B, S, num_classes) (from y_T to y0).
         """
-        denoiser = self.sampling_head()["denoiser"]
-        y = prior.double() + (torch.randn_like(prior) if noise is None else noise).double()
-        steps = self.diffusion.timesteps(self.sampling_steps)
-        for i, t in enumerate(steps):
-            t_next = steps[i + 1] if i + 1 < len(steps) else -1
-            t_batch = torch.full((prior.shape[0],), t, dtype=torch.long, device=prior.device)
-            eps = denoiser(features, y.to(prior.dtype), prior, t_batch)
-            y, _ = self.diffusion.step(eps, t, t_next, y, prior, eta=self.eta)
-        return y.to(prior.dtype)
+        batch, samples = noise.shape[:2]
+        y, path = self.sampler(
+            self.diffusion,
+            self.sampling_head()["denoiser"],
+            features.repeat_interleave(samples, dim=0),
+            prior.repeat_interleave(samples, dim=0),
+            noise.flatten(0, 1),
+            trajectory,
+        )
+        return y.view(batch, samples, -1), [p.view(batch, samples, -1) for p in path]
 
-    def predict(
-        self, images: torch.Tensor, noise: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Denoised prediction and the guidance priors, from one pass of every backbone.
+    def predict(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Denoised samples, the guidance priors and the saliency, from one pass of every backbone.
+
+        Args:
+            images: shape (B, C, H, W).
+            noise: the chains' standard normal draws (B, S, :meth:`noise_draws`, num_classes); one
+                chain per image, freshly drawn, if None.
 
         Returns:
-            the denoised label vectors (B, num_classes) (the fused prior for ``use_diffusion=False``)
-            and the priors ``fused``, ``global`` and ``local``.
+            ``denoised``: (B, S, num_classes) label vectors (the fused prior repeated without diffusion);
+            ``fused``, ``global``, ``local``: prior probabilities (B, num_classes); ``saliency`` and
+            ``rois``: the DCG's class saliency maps and ROI corners.
         """
-        priors = self.priors(self.dcg(images))
+        guidance = self.dcg(images)
+        out = {**self.priors(guidance), "saliency": guidance["saliency"], "rois": guidance["rois"]}
+        if noise is None:
+            noise = torch.randn(images.shape[0], 1, self.noise_draws(), self.num_classes, device=images.device)
         if not self.use_diffusion:
-            return priors["fused"], priors
+            out["denoised"] = out["fused"].unsqueeze(1).expand(-1, noise.shape[1], -1)
+            return out
         features = self.sampling_head()["encoder"](images)
-        return self.sample(features, priors["fused"], noise), priors
+        out["denoised"] = self.sample(features, out["fused"], noise)[0]
+        return out
 
     def forward(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        return self.predict(images, noise)[0]
+        return self.predict(images, noise)["denoised"][:, 0]

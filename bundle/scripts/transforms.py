@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 
+import torch
 from monai.config import KeysCollection
 from monai.transforms import CenterSpatialCrop, MapTransform
 
-__all__ = ["CenterSquareCropd"]
+__all__ = ["CenterSquareCropd", "Ensure2Dd", "MatchChannelsd"]
 
 
 class CenterSquareCropd(MapTransform):
@@ -21,4 +22,60 @@ class CenterSquareCropd(MapTransform):
         for key in self.key_iterator(d):
             side = min(d[key].shape[1:])
             d[key] = CenterSpatialCrop(roi_size=(side, side))(d[key])
+        return d
+
+
+class MatchChannelsd(MapTransform):
+    """Converts channel-first 2D images to the network's channel count.
+
+    An alpha channel (2 or 4 channels) is dropped; grayscale is repeated to RGB; RGB becomes grayscale by
+    ITU-R BT.601 luma (0.299 R + 0.587 G + 0.114 B). Other combinations raise an error naming the shape.
+
+    Args:
+        keys: keys of the images.
+        channels: the channel count the network expects (1 or 3).
+    """
+
+    def __init__(self, keys: KeysCollection, channels: int, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        self.channels = channels
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            if image.shape[0] in (2, 4):
+                image = image[:-1]  # drop alpha
+            if image.shape[0] == self.channels:
+                pass
+            elif image.shape[0] == 1 and self.channels == 3:
+                image = image.repeat(3, *([1] * (image.ndim - 1)))
+            elif image.shape[0] == 3 and self.channels == 1:
+                luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32).view(3, *([1] * (image.ndim - 1)))
+                image = (torch.as_tensor(image, dtype=torch.float32) * luma).sum(dim=0, keepdim=True)
+            else:
+                shape = tuple(d[key].shape)
+                raise ValueError(f"cannot convert an image of shape {shape} to {self.channels} channel(s)")
+            d[key] = image
+        return d
+
+
+class Ensure2Dd(MapTransform):
+    """Makes channel-first images 2D: a singleton spatial axis (a DICOM or NIfTI slice read as a volume of
+    depth 1) is removed; any other 3D volume raises an error naming its shape."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            while image.ndim > 3 and 1 in image.shape[1:]:
+                image = image.squeeze(list(image.shape[1:]).index(1) + 1)
+            if image.ndim != 3:
+                raise ValueError(f"expected a 2D image (channel, rows, columns), got shape {tuple(d[key].shape)}")
+            d[key] = image
         return d

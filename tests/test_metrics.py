@@ -1,0 +1,119 @@
+"""Whole-split metrics against scikit-learn, calibration and uncertainty metrics, and the report handler."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    cohen_kappa_score,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+from scripts.handlers import PredictionReport
+from scripts.metrics import (
+    calibration_bins,
+    classification_report,
+    expected_calibration_error,
+    macro_auc,
+    uncertainty_report,
+)
+
+CLASSES = ["a", "b", "c", "d"]
+
+
+def fixed_scores(n=60, c=4, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, c, n)
+    logits = rng.normal(size=(n, c)) + 1.5 * np.eye(c)[labels]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return torch.tensor(probs), torch.tensor(labels)
+
+
+def test_every_metric_equals_scikit_learn():
+    probs, labels = fixed_scores()
+    y, p = labels.numpy(), probs.numpy()
+    pred = p.argmax(1)
+    report = classification_report(probs, labels, CLASSES)
+    assert report["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert report["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert report["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert report["kappa"] == pytest.approx(cohen_kappa_score(y, pred, weights="quadratic"))
+    assert report["auc"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"))
+    precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=range(4), zero_division=0)
+    for c, name in enumerate(CLASSES):
+        got = report["per_class"][name]
+        assert (got["precision"], got["recall"], got["f1"], got["support"]) == pytest.approx(
+            (precision[c], recall[c], f1[c], support[c])
+        )
+    assert np.array(report["confusion_matrix"]).sum() == 60
+    assert np.trace(np.array(report["confusion_matrix"])) == (pred == y).sum()
+    binary = torch.tensor([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9]])
+    assert macro_auc(binary, torch.tensor([0, 1, 1, 1])) == pytest.approx(roc_auc_score([0, 1, 1, 1], binary[:, 1]))
+    assert math.isnan(macro_auc(binary, torch.tensor([1, 1, 1, 1])))  # one class: undefined
+
+
+def test_expected_calibration_error_by_hand():
+    # confidences 0.9 (right), 0.9 (wrong), 0.6 (right), 0.55 (right): bins (0.8667, 0.9333] and (0.5333, 0.6]
+    probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.55, 0.45]])
+    labels = torch.tensor([0, 1, 1, 0])
+    expected = (2 * abs(0.5 - 0.9) + 2 * abs(1.0 - 0.575)) / 4
+    assert expected_calibration_error(probs, labels, num_bins=15) == pytest.approx(expected)
+    bins = calibration_bins(probs, labels, num_bins=15)
+    assert bins["count"].sum() == 4 and bins["count"][13] == 2
+
+
+def test_uncertainty_report_on_a_planted_case():
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.4, 0.6], [0.7, 0.3]])
+    labels = torch.tensor([0, 0, 1, 1, 1])  # wrong: images 2 and 4
+    uncertainty = torch.tensor([0.1, 0.2, 0.9, 0.3, 0.8])  # the two errors are the most uncertain
+    report = uncertainty_report(probs, labels, uncertainty, coverages=(0.5, 0.8))
+    assert report["error_auroc"] == 1.0
+    assert report["accuracy_at_coverage"] == {"0.5": 1.0, "0.8": 0.75}  # 3 and 4 most certain images
+    assert uncertainty_report(probs, torch.tensor([0, 0, 0, 1, 0]), uncertainty)["error_auroc"] is None
+
+
+def report_engine(batches: list[dict], handler: PredictionReport) -> Engine:
+    engine = Engine(lambda e, batch: batch)
+    handler.attach(engine)
+    engine.run(batches, max_epochs=1)
+    return engine
+
+
+def test_kappa_over_the_whole_split_is_written_not_the_per_batch_mean(tmp_path):
+    """Two batches whose per-batch kappas average to something else than the whole split's kappa."""
+    truth = [0, 1, 2, 3, 4, 0, 0, 1, 1, 0]
+    pred = [0, 1, 2, 4, 4, 1, 0, 1, 0, 0]
+    eye = torch.eye(5)
+    batches = [
+        {
+            "id": [f"im{i}" for i in range(s, s + 5)],
+            "pred": eye[pred[s : s + 5]],
+            "label": torch.tensor(truth[s : s + 5]),
+            **{k: eye[pred[s : s + 5]] for k in ("prior", "prior_global", "prior_local")},
+            "entropy": torch.zeros(5),
+            "agreement": torch.ones(5),
+            "vote": torch.tensor(pred[s : s + 5]),
+        }
+        for s in (0, 5)
+    ]
+    names = ["g0", "g1", "g2", "g3", "g4"]
+    report_engine(batches, PredictionReport(str(tmp_path), names, info={"split": "test"}))
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    whole = cohen_kappa_score(truth, pred, weights="quadratic")
+    per_batch = np.mean([cohen_kappa_score(truth[s : s + 5], pred[s : s + 5], weights="quadratic") for s in (0, 5)])
+    assert abs(whole - per_batch) > 0.05
+    assert written["denoised"]["kappa"] == pytest.approx(whole)
+    assert written["split"] == "test" and written["num_images"] == 10
+    with open(tmp_path / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == [f"im{i}" for i in range(10)]
+    assert [r["predicted_label"] for r in rows] == [names[p] for p in pred]
+    assert (tmp_path / "confusion_matrix.png").stat().st_size > 0 and (tmp_path / "calibration.png").exists()
