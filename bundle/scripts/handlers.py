@@ -94,6 +94,7 @@ class PredictionReport:
             record = {"id": str(item["id"]), "probs": torch.as_tensor(item["pred"]).double().cpu()}
             record["prior"] = {k: torch.as_tensor(item[f"prior{s}"]).double().cpu() for k, s in PRIORS.items()}
             record.update({k: _as_float(item[k]) for k in ("entropy", "agreement") if k in item})
+            record["samples"] = int(torch.as_tensor(item["denoised"]).shape[0]) if "denoised" in item else 1
             record["vote"] = int(item["vote"]) if "vote" in item else int(record["probs"].argmax())
             if item.get("label") is not None:
                 record["label"] = int(_as_float(item["label"]))
@@ -125,9 +126,10 @@ class PredictionReport:
         votes = torch.nn.functional.one_hot(torch.tensor([r["vote"] for r in self.records]), len(self.class_names))
         denoised = classification_report(probs, labels, self.class_names, self.num_bins)
         denoised["vote_accuracy"] = float((votes.argmax(1) == labels).double().mean())
+        several = max(r["samples"] for r in self.records) > 1  # one sample cannot disagree with itself
         denoised["uncertainty"] = {
             "entropy": uncertainty_report(probs, labels, entropy, self.coverages),
-            "disagreement": uncertainty_report(probs, labels, disagreement, self.coverages),
+            "disagreement": uncertainty_report(probs, labels, disagreement, self.coverages) if several else None,
         }
         prior = {}
         for name in PRIORS:

@@ -1,0 +1,220 @@
+"""Trains DiffMIC on datasets of the bundle and evaluates each model on the test split with 1 and 10 samples.
+
+For every dataset and seed: `run training` (the small CPU recipe, configs/small.yaml, or the paper's,
+train.yaml alone; skipped when the model exists; optionally stopped after a time budget), then
+`run evaluating` on the test split once per sample count, and `run tsne` once. Every run is the bundle's
+own workflow, in-process; this script only chooses datasets, seeds, sample counts and output folders.
+One CSV row per evaluation is appended to ``<out>/results.csv`` as it finishes; rows already there are
+skipped, so an interrupted run resumes.
+
+    python benchmarks/train_evaluate.py --datasets breastmnist retinamnist --samples 1 10
+    python benchmarks/train_evaluate.py --recipe paper --datasets ham10000 --train-seconds 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundle"
+# --tiny: 1 DCG warm-up epoch and 1 joint epoch of depth-10 trunks and a 32-wide denoiser
+TINY = {
+    "max_epochs": 2,
+    "warmup_epochs": 1,
+    "lr_warmup_epochs": 0,
+    "width": 32,
+    "encoder_depth": 10,
+    "global_depth": 10,
+    "local_depth": 10,
+    "tsne_max_images": 40,
+}
+FIELDS = [
+    "dataset",
+    "recipe",
+    "epochs",
+    "seed",
+    "variant",
+    "num_samples",
+    "split",
+    "accuracy",
+    "macro_f1",
+    "balanced_accuracy",
+    "auc",
+    "kappa",
+    "ece",
+    "vote_accuracy",
+    "entropy_error_auroc",
+    "accuracy_at_50",
+    "accuracy_at_80",
+    "accuracy_at_90",
+    "prior_accuracy",
+    "prior_macro_f1",
+    "prior_auc",
+    "prior_kappa",
+    "prior_ece",
+    "prior_global_accuracy",
+    "prior_local_accuracy",
+    "train_seconds",
+    "eval_seconds",
+    "commit",
+    "device",
+]
+
+
+def bundle_run(run_id: str, configs: list[str], time_limit: float | None = None, **overrides) -> tuple[float, int]:
+    """Runs one workflow of the bundle in-process, as ``python -m monai.bundle run`` does.
+
+    Args:
+        run_id: the config's run key.
+        configs: config files relative to the bundle folder.
+        time_limit: for ``training``: seconds after which the trainer stops at the end of an iteration.
+        overrides: config ids and values.
+
+    Returns:
+        the wall time in seconds and, for ``training``, the epochs run (0 otherwise).
+    """
+    from ignite.engine import Events
+    from ignite.handlers import TimeLimit
+    from monai.bundle import ConfigWorkflow
+
+    start = time.perf_counter()
+    cwd = os.getcwd()
+    os.chdir(BUNDLE)  # configs and `scripts` resolve from the bundle folder, as on the command line
+    try:
+        workflow = ConfigWorkflow(
+            config_file=configs, workflow_type=None, run_id=run_id, logging_file="configs/logging.conf", **overrides
+        )
+        workflow.initialize()
+        trainer = workflow.parser.get_parsed_content("train#trainer") if run_id == "training" else None
+        if trainer is not None and time_limit:
+            trainer.add_event_handler(Events.ITERATION_COMPLETED, TimeLimit(int(time_limit)))
+        workflow.run()
+        workflow.finalize()
+    finally:
+        os.chdir(cwd)
+    return time.perf_counter() - start, trainer.state.epoch if trainer is not None else 0
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "cpu")
+    return f"{model} ({os.cpu_count()} cores)"
+
+
+def commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
+def recorded(path: Path) -> set[tuple[str, ...]]:
+    """The (dataset, recipe, seed, variant, num_samples) evaluations already in the CSV."""
+    if not path.is_file():
+        return set()
+    with open(path, newline="") as f:
+        return {(r["dataset"], r["recipe"], r["seed"], r["variant"], r["num_samples"]) for r in csv.DictReader(f)}
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Appends one complete line with one write, so an interruption never leaves half a row."""
+    new = not path.is_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+
+
+def metrics_row(report: dict) -> dict:
+    d, prior = report["denoised"], report["prior"]
+    entropy = d["uncertainty"]["entropy"]
+    row = {k: d[k] for k in ("accuracy", "macro_f1", "balanced_accuracy", "auc", "kappa", "ece", "vote_accuracy")}
+    row["entropy_error_auroc"] = entropy["error_auroc"]
+    row.update({f"accuracy_at_{int(float(c) * 100)}": v for c, v in entropy["accuracy_at_coverage"].items()})
+    row.update({f"prior_{k}": prior["fused"][k] for k in ("accuracy", "macro_f1", "auc", "kappa", "ece")})
+    row["prior_global_accuracy"] = prior["global"]["accuracy"]
+    row["prior_local_accuracy"] = prior["local"]["accuracy"]
+    return row
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``ID=VALUE`` with VALUE read as JSON where it parses (numbers, lists, true/false), else as a string."""
+    key, _, value = text.partition("=")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["breastmnist", "retinamnist"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--variant", default="full")
+    parser.add_argument("--recipe", choices=["small", "paper"], default="small", help="small: merge small.yaml")
+    parser.add_argument("--train-seconds", type=int, help="stop each training after this many seconds")
+    parser.add_argument("--samples", nargs="+", type=int, default=[1, 10], help="num_samples of each evaluation")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train_evaluate")
+    parser.add_argument("--no-tsne", action="store_true")
+    parser.add_argument("--tiny", action="store_true", help="a smoke run: 2 epochs of a tiny network, 40 t-SNE images")
+    parser.add_argument(
+        "--set", nargs="+", action="extend", default=[], metavar="ID=VALUE", help="config overrides of every run"
+    )
+    args = parser.parse_args(argv)
+    overrides = dict(TINY if args.tiny else {}, **dict(parse_override(s) for s in args.set))
+    sys.path.insert(0, str(BUNDLE))
+    out, table = args.out.resolve(), args.out.resolve() / "results.csv"
+    done, stamp = recorded(table), {"commit": commit(), "device": device_name()}
+    for dataset in args.datasets:
+        train_configs = ["configs/train.yaml", f"configs/data/{dataset}.yaml"]
+        train_configs += ["configs/small.yaml"] if args.recipe == "small" else []
+        for seed in args.seeds:
+            run_dir = out / f"{dataset}_{args.recipe}_{args.variant}_seed{seed}"
+            common = dict(overrides, seed=seed, variant=args.variant, model_dir=str(run_dir / "models"))
+            marker = run_dir / "trained.json"  # written once training has finished: a killed run trains again
+            if not marker.is_file():
+                seconds, epochs = bundle_run(
+                    "training", train_configs, args.train_seconds, output_dir=str(run_dir / "tb"), **common
+                )
+                marker.write_text(json.dumps({"train_seconds": round(seconds), "epochs": epochs}))
+                print(f"{dataset} seed {seed}: trained {epochs} epochs in {seconds:.0f} s", flush=True)
+            train = json.loads(marker.read_text())
+            if not (run_dir / "models" / "model.pt").is_file():  # stopped before any validated joint epoch
+                print(f"{dataset} seed {seed}: no model.pt after {train['epochs']} epochs, nothing to evaluate")
+                continue
+            for samples in args.samples:
+                key = (dataset, args.recipe, str(seed), args.variant, str(samples))
+                if key in done:
+                    continue
+                eval_dir = run_dir / f"test_samples{samples}"
+                seconds, _ = bundle_run(
+                    "evaluating",
+                    [*train_configs, "configs/evaluate.yaml"],
+                    output_dir=str(eval_dir),
+                    num_samples=samples,
+                    **common,
+                )
+                report = json.loads((eval_dir / "metrics.json").read_text())
+                row = dict(dataset=dataset, recipe=args.recipe, seed=seed, variant=args.variant, num_samples=samples)
+                row.update(split="test", eval_seconds=round(seconds, 1), **train, **stamp, **metrics_row(report))
+                append_row(table, row)
+                print(f"{dataset} seed {seed} samples {samples}: {json.dumps(metrics_row(report))}", flush=True)
+            if not args.no_tsne and not (run_dir / "tsne" / "tsne.png").is_file():
+                bundle_run(
+                    "tsne", [*train_configs, "configs/evaluate.yaml"], output_dir=str(run_dir / "tsne"), **common
+                )
+
+
+if __name__ == "__main__":
+    main()
