@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -38,6 +40,43 @@ def require_data(*relative: str) -> Path:
         if not (DATA_DIR / rel).exists():
             pytest.skip(f"{DATA_DIR / rel} not found: set DIFFMIC_DATA_DIR to the shared data folder")
     return DATA_DIR
+
+
+def ham_subset(tmp_path: Path, data_dir: Path, per_class: int = 4, test: int = 12, copy: bool = False):
+    """A small copy of HAM10000's layout: the first ``per_class`` training rows of every class and the
+    first ``test`` test rows of the authors' split. Images are linked, or copied with ``copy=True`` (for
+    tests that damage them: never write through a link into the shared data).
+
+    Returns:
+        the subset's root folder and its metadata rows by image id.
+    """
+    source = data_dir / "ham10000"
+    root = tmp_path / "ham10000"
+    (root / "images").mkdir(parents=True)
+    with open(source / "HAM10000_metadata.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        meta, fields = {r["image_id"]: r for r in reader}, reader.fieldnames
+    with open(source / "diffmic_split.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    chosen, taken = [], {}
+    for r in rows:
+        dx = meta[r["image_id"]]["dx"]
+        if r["split"] == "train" and taken.get(dx, 0) < per_class:
+            taken[dx] = taken.get(dx, 0) + 1
+            chosen.append(r)
+    chosen += [r for r in rows if r["split"] == "test"][:test]
+    for name, fieldnames, content in (
+        ("diffmic_split.csv", ["image_id", "split"], chosen),
+        ("HAM10000_metadata.csv", fields, [meta[r["image_id"]] for r in chosen]),
+    ):
+        with open(root / name, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames)
+            writer.writeheader()
+            writer.writerows(content)
+    for r in chosen:
+        image, target = source / "images" / f"{r['image_id']}.jpg", root / "images" / f"{r['image_id']}.jpg"
+        shutil.copyfile(image, target) if copy else os.symlink(image, target)
+    return root, {r["image_id"]: meta[r["image_id"]] for r in chosen}
 
 
 def train_workflow(config_files: list[str], out: Path, **overrides):

@@ -1,6 +1,5 @@
 """End to end on real data: training through MONAI's bundle workflow, in-process and by the CLI."""
 
-import csv
 import os
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from sklearn.metrics import f1_score
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import BUNDLE, TINY, bundle_configs, require_data, train_workflow
+from conftest import BUNDLE, TINY, bundle_configs, ham_subset, require_data, train_workflow
 
 
 def test_training_writes_the_model_latest_checkpoint_and_tensorboard(trained_bundle):
@@ -57,41 +56,15 @@ def test_train_workflow_has_every_property():
     assert not workflow.check_properties()
 
 
-def _ham_subset(tmp_path, data_dir, per_split=(24, 12)):
-    """A small copy of HAM10000's layout (images linked, not copied): the first rows of each split."""
-    root = tmp_path / "ham10000"
-    (root / "images").mkdir(parents=True)
-    with open(data_dir / "ham10000" / "diffmic_split.csv") as f:
-        rows = list(csv.DictReader(f))
-    chosen = [r for r in rows if r["split"] == "train"][: per_split[0]]
-    chosen += [r for r in rows if r["split"] == "test"][: per_split[1]]
-    ids = {r["image_id"] for r in chosen}
-    with open(root / "diffmic_split.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, ["image_id", "split"])
-        writer.writeheader()
-        writer.writerows(chosen)
-    with open(data_dir / "ham10000" / "HAM10000_metadata.csv") as f:
-        reader = csv.DictReader(f)
-        meta = [r for r in reader if r["image_id"] in ids]
-        fields = reader.fieldnames
-    with open(root / "HAM10000_metadata.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fields)
-        writer.writeheader()
-        writer.writerows(meta)
-    for image_id in ids:
-        os.symlink(data_dir / "ham10000" / "images" / f"{image_id}.jpg", root / "images" / f"{image_id}.jpg")
-    return root, {r["image_id"]: r for r in meta}
-
-
 def test_ham10000_subset_class_order_splits_and_seven_way_output(tmp_path):
     data_dir = require_data("ham10000/HAM10000_metadata.csv", "ham10000/diffmic_split.csv")
-    root, meta = _ham_subset(tmp_path, data_dir)
+    root, meta = ham_subset(tmp_path, data_dir)
     parser = ConfigParser()
     parser.read_config(bundle_configs("train", "data/ham10000"))
     parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(root)})
     assert parser.get_parsed_content("class_names") == ["mel", "nv", "bcc", "akiec", "bkl", "df", "vasc"]
     lists = parser.get_parsed_content("datalists")
-    assert len(lists["train"]) + len(lists["validation"]) == 24 and len(lists["test"]) == 12
+    assert len(lists["train"]) + len(lists["validation"]) == 28 and len(lists["test"]) == 12
     assert len(lists["validation"]) > 0
     order = parser.get_parsed_content("class_names")
     for item in lists["train"] + lists["validation"] + lists["test"]:

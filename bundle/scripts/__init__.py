@@ -2,6 +2,7 @@
 
 from . import (
     backbone,
+    checkpoint,
     data,
     dcg,
     denoiser,
@@ -18,10 +19,12 @@ from . import (
     transforms,
     tsne,
     uncertainty,
+    validation,
 )
 
 __all__ = [
     "backbone",
+    "checkpoint",
     "data",
     "dcg",
     "denoiser",
@@ -38,4 +41,5 @@ __all__ = [
     "transforms",
     "tsne",
     "uncertainty",
+    "validation",
 ]

@@ -7,6 +7,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Sequence
+from difflib import get_close_matches
 
 import numpy as np
 import torch
@@ -32,9 +33,14 @@ def _read_csv(path: str, columns: Sequence[str]) -> list[dict[str, str]]:
         raise FileNotFoundError(f"{path} not found: check dataset_dir and the dataset's layout in its README")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        found = reader.fieldnames or []
+        missing = [c for c in columns if c not in found]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; found {reader.fieldnames}")
+            hints = [
+                f"{c!r} (did you mean {close[0]!r}?)" for c in missing if (close := get_close_matches(c, found, 1))
+            ]
+            hint = f"; {', '.join(hints)}" if hints else ""
+            raise ValueError(f"{path}: missing column(s) {missing}; found {found}{hint}")
         return list(reader)
 
 
@@ -42,9 +48,12 @@ def _carve_validation(
     items: list[dict], groups: list[str], val_fraction: float, seed: int
 ) -> tuple[list[dict], list[dict]]:
     """Splits off about ``val_fraction`` of ``items``, stratified by label, groups kept on one side."""
-    n_splits = max(2, round(1.0 / val_fraction))
-    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     labels = [it["label"] for it in items]
+    # scikit-learn needs a class with at least n_splits members: tiny sets get a larger validation share
+    n_splits = min(round(1.0 / val_fraction), max(Counter(labels).values()))
+    if n_splits < 2:
+        return items, []  # nothing to carve: an empty validation split is reported by scripts.validation
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     train_idx, val_idx = next(folds.split(np.zeros(len(items)), labels, groups))
     return [items[i] for i in sorted(train_idx)], [items[i] for i in sorted(val_idx)]
 
@@ -60,7 +69,8 @@ def csv_datalists(
     val_fraction: float = 0.1,
     seed: int = 0,
     group_column: str | None = None,
-) -> dict[str, list[dict]]:
+    strict: bool = True,
+) -> dict[str, list]:
     """Train/validation/test datalists of an image folder with a label CSV and a train/test CSV.
 
     The validation split is carved from the training split (stratified, seeded, grouped by
@@ -77,19 +87,24 @@ def csv_datalists(
         val_fraction: fraction of the training split held out for validation.
         seed: seed of the validation split.
         group_column: column whose values must not straddle train and validation.
+        strict: raise on the rows' problems (unknown label, unknown id, bad split, listed twice); with False
+            they are returned under ``"problems"`` for :func:`scripts.validation.validate_datalists` to report
+            together with the image files' problems.
 
     Returns:
-        ``{"train": [...], "validation": [...], "test": [...]}``, items ``{"image", "label", "id"}``.
+        ``{"train": [...], "validation": [...], "test": [...]}``, items ``{"image", "label", "id", "source"}``
+        (``source``: the CSV row). Image files are not opened here: :mod:`scripts.validation` checks them.
     """
     labels_path = os.path.join(dataset_dir, labels_csv)
     split_path = os.path.join(dataset_dir, split_csv)
     columns = [id_column, label_column] + ([group_column] if group_column else [])
     rows = _read_csv(labels_path, columns)
     index = {str(v): i for i, v in enumerate(label_values)}
-    problems, by_id = [], {}
+    problems, by_id, unlabelled = [], {}, set()
     for line, row in enumerate(rows, start=2):
         if row[label_column] not in index:
             problems.append(f"{labels_path} row {line}: unknown label {row[label_column]!r} (expected {list(index)})")
+            unlabelled.add(row[id_column])  # reported once, here, not again where the split lists it
             continue
         path = os.path.join(dataset_dir, image_path.format(row[id_column]))
         by_id[row[id_column]] = (
@@ -97,27 +112,33 @@ def csv_datalists(
             row[group_column] if group_column else row[id_column],
         )
     splits: dict[str, list] = {"train": [], "test": []}
-    groups = []
+    groups, listed = [], {}
     for line, row in enumerate(_read_csv(split_path, [id_column, "split"]), start=2):
         if row[id_column] not in by_id:
-            problems.append(f"{split_path} row {line}: {row[id_column]!r} is not in {labels_path}")
+            if row[id_column] not in unlabelled:
+                problems.append(f"{split_path} row {line}: {row[id_column]!r} is not in {labels_path}")
             continue
         if row["split"] not in splits:
             problems.append(f"{split_path} row {line}: split {row['split']!r} is neither 'train' nor 'test'")
             continue
-        item, group = by_id[row[id_column]]
-        if not os.path.isfile(item["image"]):
-            problems.append(f"{split_path} row {line}: image file {item['image']} not found")
+        if row[id_column] in listed:
+            problems.append(
+                f"{split_path} row {line}: {row[id_column]!r} is listed again (first on row {listed[row[id_column]]})"
+            )
             continue
+        listed[row[id_column]] = line
+        item, group = by_id[row[id_column]]
+        item["source"] = f"{split_path} row {line}"  # image files are checked by scripts.validation, with this row
         splits[row["split"]].append(item)
         if row["split"] == "train":
             groups.append(group)
-    if problems:
+    if problems and strict:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise ValueError(f"{len(problems)} problem(s) in the dataset at {dataset_dir}:\n  {shown}{more}")
-    train, validation = _carve_validation(splits["train"], groups, val_fraction, seed)
-    return {"train": train, "validation": validation, "test": splits["test"]}
+    train, validation = _carve_validation(splits["train"], groups, val_fraction, seed) if splits["train"] else ([], [])
+    out: dict[str, list] = {"train": train, "validation": validation, "test": splits["test"]}
+    return {**out, "problems": problems} if problems else out
 
 
 def medmnist_datalists(

@@ -37,6 +37,9 @@ class DiffMICTrainer(SupervisedTrainer):
         mmd_weight: lambda; 0 removes the MMD terms (ablation C2).
         mmd_bandwidths: RBF bandwidths of the MMD kernel.
         grad_clip: max gradient norm of the encoder and denoiser; None for no clipping.
+        on_nonfinite: what a NaN or infinite loss does: ``stop`` raises an error naming the epoch,
+            iteration and loss term before the step is applied (checkpoints on disk stay as they were);
+            ``skip`` leaves the step of that loss out with a warning (counted in ``skipped_steps``).
         other arguments: as :class:`monai.engines.SupervisedTrainer`.
     """
 
@@ -49,9 +52,14 @@ class DiffMICTrainer(SupervisedTrainer):
         mmd_weight: float = 0.5,
         mmd_bandwidths: Sequence[float] = (1.0,),
         grad_clip: float | None = 1.0,
+        on_nonfinite: str = "stop",
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        if on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
+        self.on_nonfinite = on_nonfinite
+        self.skipped_steps = 0
         self.dcg_optimizer = dcg_optimizer
         self.warmup_epochs = warmup_epochs
         self.noise_draws = noise_draws
@@ -63,6 +71,27 @@ class DiffMICTrainer(SupervisedTrainer):
         """True while the DCG trains alone (always, without diffusion)."""
         return self.state.epoch <= self.warmup_epochs or not unwrap(self.network).use_diffusion
 
+    def finite(self, **terms: torch.Tensor) -> bool:
+        """Whether every loss term is finite; if not, stops training or counts a skipped step (``on_nonfinite``)."""
+        bad = {k: float(v) for k, v in terms.items() if not torch.isfinite(v).all()}
+        if not bad:
+            return True
+        state = self.state
+        within = (state.iteration - 1) % state.epoch_length + 1 if state.epoch_length else state.iteration
+        message = (
+            f"non-finite loss at epoch {state.epoch}, iteration {state.iteration} ({within} of the epoch): "
+            + ", ".join(f"{k} = {v}" for k, v in bad.items())
+        )
+        if self.on_nonfinite == "skip":
+            self.skipped_steps += 1
+            self.logger.warning(f"{message}; its steps are skipped (on_nonfinite: skip, {self.skipped_steps} so far)")
+            return False
+        raise FloatingPointError(
+            f"{message}. Training stopped before this step was applied; the latest checkpoint and model.pt on disk "
+            "are those of the last completed epoch. Check the images for NaN or infinite values, lower the learning "
+            "rates, or set on_nonfinite: skip to leave such steps out."
+        )
+
     def _iteration(self, engine: DiffMICTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
@@ -71,30 +100,38 @@ class DiffMICTrainer(SupervisedTrainer):
         model = unwrap(engine.network)
         engine.network.train()
 
+        # a skipped step must not leave its batch in the BatchNorm statistics either
+        saved = [(b, b.detach().clone()) for b in model.buffers()] if engine.on_nonfinite == "skip" else []
+
         # DCG step: one forward whose detached softmaxes are also the diffusion priors
         guidance = engine.inferer(images, model.dcg)
         # without the local stream the three logits are one tensor
         heads = ("global", "local", "fused") if model.dcg.use_local_stream else ("global",)
         loss_ce = sum(engine.loss_function(guidance[k], labels) for k in heads)
+        output = {Keys.IMAGE: images, Keys.LABEL: labels, Keys.PRED: guidance["fused"].detach()}
+        output["loss_ce"] = output[Keys.LOSS] = loss_ce.detach()
+        output["lr_dcg"] = engine.dcg_optimizer.param_groups[0]["lr"]
+        if not engine.finite(loss_ce=loss_ce):
+            _restore(saved)
+            return output
         engine.dcg_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         loss_ce.backward()
         engine.dcg_optimizer.step()
-        output = {Keys.IMAGE: images, Keys.LABEL: labels, Keys.PRED: guidance["fused"].detach()}
-        output["loss_ce"] = loss_ce.detach()
-        output["lr_dcg"] = engine.dcg_optimizer.param_groups[0]["lr"]
         if engine.in_warmup():
-            output[Keys.LOSS] = loss_ce.detach()
             return output
 
         loss_noise, loss_mmd = engine._diffusion_loss(model, images, labels, model.priors(guidance))
         loss = loss_noise + engine.mmd_weight * loss_mmd
+        output.update(loss_noise=loss_noise.detach(), loss_mmd=loss_mmd.detach())
+        if not engine.finite(loss_noise=loss_noise, loss_mmd=loss_mmd):
+            _restore([(b, v) for b, v in saved if not any(b is d for d in model.dcg.buffers())])  # DCG step was taken
+            return output
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         loss.backward()
         if engine.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.head.parameters(), engine.grad_clip)
         engine.optimizer.step()
         model.update_ema()
-        output.update(loss_noise=loss_noise.detach(), loss_mmd=loss_mmd.detach())
         output["lr_denoiser"] = engine.optimizer.param_groups[0]["lr"]
         output[Keys.LOSS] = (loss_ce + loss).detach()
         return output
@@ -121,6 +158,13 @@ class DiffMICTrainer(SupervisedTrainer):
             eps, eps_hat["local"], self.mmd_bandwidths
         )
         return loss_noise, loss_mmd
+
+
+def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Copies saved values back into buffers (BatchNorm statistics, EMA counters)."""
+    with torch.no_grad():
+        for buffer, value in saved:
+            buffer.copy_(value)
 
 
 class DiffMICEvaluator(SupervisedEvaluator):

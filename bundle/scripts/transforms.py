@@ -8,7 +8,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import CenterSpatialCrop, MapTransform
 
-__all__ = ["CenterSquareCropd", "Ensure2Dd", "MatchChannelsd"]
+__all__ = ["CenterSquareCropd", "Ensure2Dd", "MatchChannelsd", "ScaleBitDepthd", "standard_pil_mode"]
 
 
 class CenterSquareCropd(MapTransform):
@@ -78,4 +78,55 @@ class Ensure2Dd(MapTransform):
             if image.ndim != 3:
                 raise ValueError(f"expected a 2D image (channel, rows, columns), got shape {tuple(d[key].shape)}")
             d[key] = image
+        return d
+
+
+def standard_pil_mode(image):
+    """A PIL image in a mode whose pixels are intensities: palette images become RGB(A), bilevel becomes 8-bit
+    grayscale, CMYK and other colour spaces become RGB; 8- and 16-bit grayscale, RGB and RGBA are kept.
+    (For ``PILReader(converter=...)``.)"""
+    if image.mode in ("P", "PA"):
+        return image.convert("RGBA" if "transparency" in image.info or image.mode == "PA" else "RGB")
+    if image.mode == "1":
+        return image.convert("L")
+    if image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        return image.convert("RGB")
+    return image
+
+
+class ScaleBitDepthd(MapTransform):
+    """Maps integer intensities of any bit depth to [``low``, ``high``] (the network's [-1, 1]).
+
+    The full range comes from the array's dtype for 8- and 16-bit unsigned integers (255, 65535). Other
+    dtypes (PIL reads some 16-bit PNGs as 32-bit integers; readers may return floats) take 255 when the
+    maximum is at most 255, else 65535 when at most 65535; larger values are an error naming the maximum.
+
+    Args:
+        keys: keys of the images.
+        low: the value of intensity 0.
+        high: the value of the largest intensity of the bit depth.
+    """
+
+    def __init__(self, keys: KeysCollection, low: float = -1.0, high: float = 1.0, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.low, self.high = low, high
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            dtype = str(image.dtype).rsplit(".", 1)[-1]
+            if dtype == "uint8":
+                full = 255.0
+            elif dtype == "uint16":
+                full = 65535.0
+            else:
+                peak = float(image.max())
+                if peak > 65535:
+                    raise ValueError(f"intensities up to {peak:g} ({dtype}): expected 8- or 16-bit images")
+                full = 255.0 if peak <= 255 else 65535.0
+            image = (
+                torch.as_tensor(image, dtype=torch.float32) if not isinstance(image, torch.Tensor) else image.float()
+            )
+            d[key] = (image / full).clamp(0, 1) * (self.high - self.low) + self.low
         return d
