@@ -184,8 +184,8 @@ def main(argv: list[str] | None = None) -> None:
             common = dict(overrides, seed=seed, variant=args.variant, model_dir=str(run_dir / "models"))
             marker = run_dir / "trained.json"  # written once training has finished: a killed run trains again
             if not marker.is_file():
-                seconds, epochs = bundle_run(
-                    "training", train_configs, args.train_seconds, output_dir=str(run_dir / "tb"), **common
+                seconds, epochs = bundle_run(  # resume: a killed training continues from its latest checkpoint
+                    "training", train_configs, args.train_seconds, output_dir=str(run_dir / "tb"), resume=True, **common
                 )
                 marker.write_text(json.dumps({"train_seconds": round(seconds), "epochs": epochs}))
                 print(f"{dataset} seed {seed}: trained {epochs} epochs in {seconds:.0f} s", flush=True)

@@ -110,10 +110,16 @@ def test_inference_on_a_folder_matches_evaluation_rows(evaluation, trained_bundl
     assert sorted(rows) == sorted([f"breastmnist_test_{i}" for i in range(7)] + ["nested/rgb"])
     assert "true_label" not in rows["nested/rgb"] and not (out / "metrics.json").exists()
     evaluated = {r["id"]: r for r in read_rows(evaluation["dir"] / "predictions.csv")}
+    numbers = ("prob_", "entropy", "vote_agreement")  # equal up to float rounding: batches of 3 here, 32 there
     for image_id, row in rows.items():
         if image_id.startswith("breastmnist_test_"):
             expected = {k: v for k, v in evaluated[image_id].items() if k != "true_label"}
-            assert row == pytest.approx(expected), image_id
+            assert row.keys() == expected.keys()
+            for key, value in row.items():
+                if key.startswith(numbers):
+                    assert float(value) == pytest.approx(float(expected[key]), abs=1e-4), (image_id, key)
+                else:
+                    assert value == expected[key], (image_id, key)
 
 
 def test_inference_workflow_has_every_property_and_builds_the_training_network(tmp_path):

@@ -1,15 +1,32 @@
-"""Loading checkpoints safely: tensors only, clear errors for untrusted, corrupt or mismatching files."""
+"""Checkpoints: written atomically, read as tensors only, resumed exactly; clear errors for bad files."""
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
+import re
+from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver
+from monai.handlers import CheckpointSaver
 from torch import nn
 
-__all__ = ["load_checkpoint", "load_weights", "WeightsLoader"]
+__all__ = [
+    "load_checkpoint",
+    "load_weights",
+    "WeightsLoader",
+    "AtomicDiskSaver",
+    "AtomicCheckpointSaver",
+    "SelectionState",
+    "latest_checkpoint",
+    "resume_training",
+]
+
+LATEST = re.compile(r"^latest_checkpoint_epoch=(\d+)\.pt$")  # the names of the latest-state checkpoints
+logger = logging.getLogger(__name__)
 
 MAX_LISTED = 20  # mismatching keys shown per kind
 
@@ -47,6 +64,13 @@ def load_weights(network: nn.Module, path: str, map_location: str | torch.device
     state = load_checkpoint(path, map_location)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} is not a flat state dict of tensors (model.pt); a training checkpoint?")
+    check_fits(network, state, path)
+    network.load_state_dict(state)
+    return network
+
+
+def check_fits(network: nn.Module, state: dict, path: str) -> None:
+    """Raises an error listing every missing, unexpected and mis-shaped key of ``state`` for ``network``."""
     expected = network.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -65,8 +89,6 @@ def load_weights(network: nn.Module, path: str, map_location: str | torch.device
             f"{path} does not fit the network of this config (check class_names/num_classes, variant, width, "
             "depths, stems, ema_decay: the dataset overlay and recipe used for training):\n" + "\n".join(parts)
         )
-    network.load_state_dict(state)
-    return network
 
 
 class WeightsLoader:
@@ -87,3 +109,133 @@ class WeightsLoader:
     def __call__(self, engine: Engine) -> None:
         load_weights(self.network, self.path, self.map_location)
         engine.logger.info(f"Restored the network's weights from {self.path}")
+
+
+class AtomicDiskSaver(DiskSaver):
+    """Writes each checkpoint to ``<name>.partial`` and renames it into place, and deletes the checkpoint
+    it replaces only after that, so that a process killed at any moment leaves a complete checkpoint
+    (MONAI's CheckpointSaver writes in place, and ignite deletes the old file before writing the new).
+
+    Args:
+        dirname: the folder of the checkpoints.
+        filename: a fixed file name (``model.pt``) instead of ignite's generated one.
+    """
+
+    def __init__(self, dirname: str | Path, filename: str | None = None) -> None:
+        super().__init__(dirname=dirname, require_empty=False, atomic=True, create_dir=True)
+        self.filename = filename
+        self.pending: list[str] = []  # files to delete once the next checkpoint is in place
+
+    def __call__(self, checkpoint: dict, filename: str, metadata: dict | None = None) -> None:
+        path = self.dirname / (self.filename or filename)
+        partial = path.with_name(f"{path.name}.partial")
+        torch.save(checkpoint, partial)
+        os.replace(partial, path)
+        for name in self.pending:
+            if name != path.name and (self.dirname / name).exists():
+                os.remove(self.dirname / name)
+        self.pending.clear()
+
+    def remove(self, filename: str) -> None:
+        # ignite calls this just before saving the replacement: deferred to after it (a fixed name is
+        # replaced by the rename itself)
+        if self.filename is None:
+            self.pending.append(filename)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's :class:`~monai.handlers.CheckpointSaver` (same arguments) writing through :class:`AtomicDiskSaver`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                saver = checkpoint.save_handler
+                checkpoint.save_handler = AtomicDiskSaver(saver.dirname, getattr(saver, "filename", None))
+
+
+class SelectionState:
+    """The model-selection record a resumed run needs: the best validation score, its epoch, and the
+    best-model saver's record of ``model.pt`` (so a worse epoch after resuming does not replace it).
+
+    Args:
+        evaluator: the validation engine (its ``best_metric`` and ``best_metric_epoch``).
+        saver: the CheckpointSaver that writes ``model.pt`` on a better key metric.
+    """
+
+    def __init__(self, evaluator: Engine, saver: CheckpointSaver) -> None:
+        self.evaluator, self.saver = evaluator, saver
+
+    def state_dict(self) -> dict:
+        record = self.saver._key_metric_checkpoint  # ignite's Checkpoint: lists of (score, file name)
+        return {
+            "best_metric": float(self.evaluator.state.best_metric),
+            "best_metric_epoch": int(self.evaluator.state.best_metric_epoch),
+            "saver": {k: [(float(p), str(f)) for p, f in v] for k, v in record.state_dict().items()} if record else {},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.evaluator.state.best_metric = state["best_metric"]
+        self.evaluator.state.best_metric_epoch = state["best_metric_epoch"]
+        if state["saver"]:
+            self.saver.load_state_dict(state["saver"])
+
+
+def latest_checkpoint(model_dir: str) -> str | None:
+    """The ``latest_checkpoint_epoch=N.pt`` of ``model_dir`` with the largest N, or None."""
+    if not os.path.isdir(model_dir):
+        return None
+    found = [(int(m.group(1)), name) for name in os.listdir(model_dir) if (m := LATEST.match(name))]
+    return os.path.join(model_dir, max(found)[1]) if found else None
+
+
+def resume_training(
+    trainer: Engine,
+    objects: dict,
+    model_dir: str,
+    resume: bool = False,
+    resume_from: str | None = None,
+    overwrite: bool = False,
+) -> str | None:
+    """Restores every object of the latest checkpoint before training starts, or refuses to write over one.
+
+    Args:
+        trainer: the training engine (its epoch and iteration are restored; ``max_epochs`` stays the config's).
+        objects: what the latest checkpoint holds, by name (networks, optimizers, scheduler, trainer, ...).
+        model_dir: where training writes ``model.pt`` and ``latest_checkpoint_epoch=N.pt``.
+        resume: continue from the newest latest checkpoint in ``model_dir`` (start afresh if there is none).
+        resume_from: continue from this checkpoint file.
+        overwrite: start a new training although ``model_dir`` holds one (its checkpoints are deleted).
+
+    Returns:
+        the checkpoint resumed from, or None for a new training.
+    """
+    latest = latest_checkpoint(model_dir)
+    if resume_from is None and not resume:
+        existing = [p for p in (latest, os.path.join(model_dir, "model.pt")) if p and os.path.isfile(p)]
+        if existing and not overwrite:
+            raise FileExistsError(
+                f"{model_dir} already holds a training ({', '.join(os.path.basename(p) for p in existing)}): "
+                "--resume true continues it, --overwrite true starts a new one in its place, or choose another "
+                "--model_dir"
+            )
+        for name in os.listdir(model_dir) if existing else []:
+            if LATEST.match(name) or name == "model.pt":
+                os.remove(os.path.join(model_dir, name))
+        return None
+    path = resume_from or latest
+    if path is None:
+        logger.info(f"resume: no latest checkpoint in {model_dir}; starting a new training")
+        return None
+    checkpoint = load_checkpoint(path, map_location="cpu")
+    absent = [name for name in objects if name not in checkpoint]
+    if absent:
+        raise ValueError(f"{path} lacks {absent}: not a latest checkpoint of this bundle's training")
+    for name, obj in objects.items():
+        if isinstance(obj, nn.Module):
+            check_fits(obj, checkpoint[name], path)
+    max_epochs = trainer.state.max_epochs
+    Checkpoint.load_objects(to_load=objects, checkpoint=checkpoint)
+    trainer.state.max_epochs = max_epochs  # the config may extend a finished training
+    logger.info(f"resumed from {path} after epoch {trainer.state.epoch} (iteration {trainer.state.iteration})")
+    return path

@@ -260,10 +260,12 @@ def class_weights(items: Sequence[dict], num_classes: int) -> torch.Tensor:
     return weights * num_classes / weights.sum()
 
 
-def class_balanced_sampler(items: Sequence[dict], num_classes: int, seed: int = 0) -> torch.utils.data.Sampler:
-    """Draws training images with replacement so that every class is equally likely."""
+def class_balanced_sampler(items: Sequence[dict], num_classes: int) -> torch.utils.data.Sampler:
+    """Draws training images with replacement so that every class is equally likely.
+
+    It draws from torch's global generator, which the trainer seeds from (seed, epoch) at each epoch's
+    start, so the draws of an epoch are the same in a resumed run.
+    """
     per_class = class_weights(items, num_classes)
     weights = torch.stack([per_class[int(it["label"])] for it in items]).double()
-    return torch.utils.data.WeightedRandomSampler(
-        weights, num_samples=len(items), replacement=True, generator=torch.Generator().manual_seed(seed)
-    )
+    return torch.utils.data.WeightedRandomSampler(weights, num_samples=len(items), replacement=True)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import random
+import zlib
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from ignite.engine import Events
+from monai.data.utils import set_rnd
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import ValidationHandler
 from monai.utils.enums import CommonKeys as Keys
@@ -37,6 +42,9 @@ class DiffMICTrainer(SupervisedTrainer):
         mmd_weight: lambda; 0 removes the MMD terms (ablation C2).
         mmd_bandwidths: RBF bandwidths of the MMD kernel.
         grad_clip: max gradient norm of the encoder and denoiser; None for no clipping.
+        seed: with a seed, every epoch starts by seeding torch, numpy, random and the data's random
+            transforms from (seed, epoch), so that a run resumed after epoch k draws what an uninterrupted
+            run draws (shuffling, augmentation, diffusion noise); None leaves the generators alone.
         on_nonfinite: what a NaN or infinite loss does: ``stop`` raises an error naming the epoch,
             iteration and loss term before the step is applied (checkpoints on disk stay as they were);
             ``skip`` leaves the step of that loss out with a warning (counted in ``skipped_steps``).
@@ -52,10 +60,14 @@ class DiffMICTrainer(SupervisedTrainer):
         mmd_weight: float = 0.5,
         mmd_bandwidths: Sequence[float] = (1.0,),
         grad_clip: float | None = 1.0,
+        seed: int | None = None,
         on_nonfinite: str = "stop",
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.seed = seed
+        if seed is not None:
+            self.add_event_handler(Events.EPOCH_STARTED, self.reseed)
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
         self.on_nonfinite = on_nonfinite
@@ -70,6 +82,22 @@ class DiffMICTrainer(SupervisedTrainer):
     def in_warmup(self) -> bool:
         """True while the DCG trains alone (always, without diffusion)."""
         return self.state.epoch <= self.warmup_epochs or not unwrap(self.network).use_diffusion
+
+    def reseed(self, engine: DiffMICTrainer | None = None) -> int:
+        """Seeds every generator training draws from with a seed derived from (seed, epoch); returns it.
+
+        Runs at each epoch's start, before the epoch's data iterator exists (ignite creates it after
+        EPOCH_STARTED), so the shuffle order, the augmentation and the diffusion noise of an epoch depend
+        on the seed and the epoch alone.
+        """
+        epoch_seed = zlib.crc32(f"{self.seed}:epoch:{self.state.epoch}".encode())
+        torch.manual_seed(epoch_seed)
+        np.random.seed(epoch_seed)
+        random.seed(epoch_seed)
+        loader = self.data_loader
+        if isinstance(loader, torch.utils.data.DataLoader):
+            set_rnd(loader.dataset, epoch_seed)
+        return epoch_seed
 
     def finite(self, **terms: torch.Tensor) -> bool:
         """Whether every loss term is finite; if not, stops training or counts a skipped step (``on_nonfinite``)."""

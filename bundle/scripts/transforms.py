@@ -8,7 +8,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import CenterSpatialCrop, MapTransform
 
-__all__ = ["CenterSquareCropd", "Ensure2Dd", "MatchChannelsd", "ScaleBitDepthd", "standard_pil_mode"]
+__all__ = ["CenterSquareCropd", "Ensure2Dd", "MatchChannelsd", "ScaleBitDepthd"]
 
 
 class CenterSquareCropd(MapTransform):
@@ -79,19 +79,6 @@ class Ensure2Dd(MapTransform):
                 raise ValueError(f"expected a 2D image (channel, rows, columns), got shape {tuple(d[key].shape)}")
             d[key] = image
         return d
-
-
-def standard_pil_mode(image):
-    """A PIL image in a mode whose pixels are intensities: palette images become RGB(A), bilevel becomes 8-bit
-    grayscale, CMYK and other colour spaces become RGB; 8- and 16-bit grayscale, RGB and RGBA are kept.
-    (For ``PILReader(converter=...)``.)"""
-    if image.mode in ("P", "PA"):
-        return image.convert("RGBA" if "transparency" in image.info or image.mode == "PA" else "RGB")
-    if image.mode == "1":
-        return image.convert("L")
-    if image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-        return image.convert("RGB")
-    return image
 
 
 class ScaleBitDepthd(MapTransform):
