@@ -245,3 +245,26 @@ def test_validate_data_run_key_prints_the_checked_counts(ham_copy, capsys):
     assert "datalists checked: no problems found" in printed
     assert printed.splitlines()[-1].split()[0] == "total"
     assert sum(int(n) for n in printed.splitlines()[-1].split()[1:]) == len(meta)
+
+
+def test_inference_datalist_files_csv_and_json(tmp_path):
+    """`--datalist` for inference: a CSV or JSON list of images, relative to the list; problems with rows."""
+    from scripts.data import folder_datalist, read_datalist
+
+    (tmp_path / "scans").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "scans" / name)
+    (tmp_path / "list.csv").write_text("image,id\nscans/a.png,first\nscans/b.png,\n")
+    assert read_datalist(str(tmp_path / "list.csv")) == [
+        {"image": str(tmp_path / "scans" / "a.png"), "id": "first"},
+        {"image": str(tmp_path / "scans" / "b.png"), "id": "b"},
+    ]
+    (tmp_path / "list.json").write_text('{"data": [{"image": "scans/b.png"}]}')
+    assert read_datalist(str(tmp_path / "list.json")) == [{"image": str(tmp_path / "scans" / "b.png"), "id": "b"}]
+    (tmp_path / "bad.csv").write_text("image\nscans/a.png\nscans/missing.png\nscans/a.png\n")
+    with pytest.raises(ValueError, match=r"bad.csv row 3: image file .*missing.png not found"):
+        read_datalist(str(tmp_path / "bad.csv"))
+    (tmp_path / "twice.csv").write_text("image\nscans/a.png\nscans/a.png\n")
+    with pytest.raises(ValueError, match="share the id 'a'"):
+        read_datalist(str(tmp_path / "twice.csv"))
+    assert [it["id"] for it in folder_datalist(str(tmp_path / "scans"))] == ["a", "b"]
