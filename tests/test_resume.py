@@ -92,7 +92,8 @@ def test_a_checkpoint_being_written_never_replaces_the_last_complete_one(tmp_pat
     saver.remove("latest_checkpoint_epoch=1.pt")  # ignite's order: forget the old file, then write the new
     with pytest.raises(Exception):  # noqa: B017 - the write dies part-way, as a killed process would
         saver({"weights": torch.ones(3), "unpicklable": lambda: None}, "latest_checkpoint_epoch=2.pt")
-    assert torch.equal(torch.load(tmp_path / "latest_checkpoint_epoch=1.pt")["weights"], torch.ones(3))
+    kept = torch.load(tmp_path / "latest_checkpoint_epoch=1.pt", weights_only=True)
+    assert torch.equal(kept["weights"], torch.ones(3))
     assert not (tmp_path / "latest_checkpoint_epoch=2.pt").exists()
     saver({"weights": torch.zeros(3)}, "latest_checkpoint_epoch=2.pt")
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["latest_checkpoint_epoch=2.pt"]
@@ -101,7 +102,7 @@ def test_a_checkpoint_being_written_never_replaces_the_last_complete_one(tmp_pat
     fixed({"w": torch.ones(1)}, "model_key_metric=0.5.pt")
     fixed.remove("model_key_metric=0.5.pt")
     fixed({"w": torch.zeros(1)}, "model_key_metric=0.7.pt")
-    assert torch.equal(torch.load(tmp_path / "best" / "model.pt")["w"], torch.zeros(1))
+    assert torch.equal(torch.load(tmp_path / "best" / "model.pt", weights_only=True)["w"], torch.zeros(1))
 
 
 def test_a_new_training_does_not_write_over_an_old_one(tmp_path):
