@@ -129,7 +129,8 @@ class DiffMICTrainer(SupervisedTrainer):
         engine.network.train()
 
         # a skipped step must not leave its batch in the BatchNorm statistics either
-        saved = [(b, b.detach().clone()) for b in model.buffers()] if engine.on_nonfinite == "skip" else []
+        skip = engine.on_nonfinite == "skip"
+        saved_dcg = _snapshot(model.dcg) if skip else []
 
         # DCG step: one forward whose detached softmaxes are also the diffusion priors
         guidance = engine.inferer(images, model.dcg)
@@ -140,7 +141,7 @@ class DiffMICTrainer(SupervisedTrainer):
         output["loss_ce"] = output[Keys.LOSS] = loss_ce.detach()
         output["lr_dcg"] = engine.dcg_optimizer.param_groups[0]["lr"]
         if not engine.finite(loss_ce=loss_ce):
-            _restore(saved)
+            _restore(saved_dcg)
             return output
         engine.dcg_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         loss_ce.backward()
@@ -148,11 +149,12 @@ class DiffMICTrainer(SupervisedTrainer):
         if engine.in_warmup():
             return output
 
+        saved_head = _snapshot(model.head) if skip else []
         loss_noise, loss_mmd = engine._diffusion_loss(model, images, labels, model.priors(guidance))
         loss = loss_noise + engine.mmd_weight * loss_mmd
         output.update(loss_noise=loss_noise.detach(), loss_mmd=loss_mmd.detach())
         if not engine.finite(loss_noise=loss_noise, loss_mmd=loss_mmd):
-            _restore([(b, v) for b, v in saved if not any(b is d for d in model.dcg.buffers())])  # DCG step was taken
+            _restore(saved_head)  # the DCG step of this iteration was taken
             return output
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         loss.backward()
@@ -188,8 +190,13 @@ class DiffMICTrainer(SupervisedTrainer):
         return loss_noise, loss_mmd
 
 
+def _snapshot(module: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each buffer of ``module`` (BatchNorm statistics) with a copy of its value."""
+    return [(b, b.detach().clone()) for b in module.buffers()]
+
+
 def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Copies saved values back into buffers (BatchNorm statistics, EMA counters)."""
+    """Copies saved values back into buffers."""
     with torch.no_grad():
         for buffer, value in saved:
             buffer.copy_(value)

@@ -117,15 +117,20 @@ class PredictionReport:
             rows.append(row)
         return rows
 
+    def labels_and_scores(self, prior: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The true labels (N,) and the denoised probabilities, or those of ``prior``, (N, C) of every image."""
+        labels = torch.tensor([r["label"] for r in self.records])
+        scores = torch.stack([r["prior"][prior] if prior else r["probs"] for r in self.records])
+        return labels, scores
+
     def metrics(self) -> dict:
         """metrics.json's content (labels needed)."""
-        labels = torch.tensor([r["label"] for r in self.records])
-        probs = torch.stack([r["probs"] for r in self.records])
+        labels, probs = self.labels_and_scores()
         entropy = torch.tensor([r.get("entropy", float("nan")) for r in self.records])
         disagreement = 1.0 - torch.tensor([r.get("agreement", 1.0) for r in self.records])
-        votes = torch.nn.functional.one_hot(torch.tensor([r["vote"] for r in self.records]), len(self.class_names))
+        votes = torch.tensor([r["vote"] for r in self.records])
         denoised = classification_report(probs, labels, self.class_names, self.num_bins)
-        denoised["vote_accuracy"] = float((votes.argmax(1) == labels).double().mean())
+        denoised["vote_accuracy"] = float((votes == labels).double().mean())
         several = max(r["samples"] for r in self.records) > 1  # one sample cannot disagree with itself
         denoised["uncertainty"] = {
             "entropy": uncertainty_report(probs, labels, entropy, self.coverages),
@@ -133,7 +138,7 @@ class PredictionReport:
         }
         prior = {}
         for name in PRIORS:
-            scores = torch.stack([r["prior"][name] for r in self.records])
+            scores = self.labels_and_scores(name)[1]
             prior[name] = classification_report(scores, labels, self.class_names, self.num_bins)
             prior_entropy = torch.special.entr(scores).sum(1)
             prior[name]["uncertainty"] = {"entropy": uncertainty_report(scores, labels, prior_entropy, self.coverages)}
@@ -153,9 +158,7 @@ class PredictionReport:
             return
         report = self.metrics()
         write_atomic(os.path.join(self.output_dir, "metrics.json"), json.dumps(report, indent=2))
-        labels = torch.tensor([r["label"] for r in self.records])
-        probs = torch.stack([r["probs"] for r in self.records])
-        fused = torch.stack([r["prior"]["fused"] for r in self.records])
+        (labels, probs), fused = self.labels_and_scores(), self.labels_and_scores("fused")[1]
         title = f"{self.info.get('split', '')} split, denoised prediction".strip()
         save_figure(
             confusion_figure(report["denoised"]["confusion_matrix"], self.class_names, title),
