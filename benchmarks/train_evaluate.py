@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import subprocess
@@ -35,9 +36,12 @@ TINY = {
     "local_depth": 10,
     "tsne_max_images": 40,
 }
+KEY = ("dataset", "recipe", "setting", "seed", "variant", "num_samples", "split")  # one evaluation
 FIELDS = [
     "dataset",
     "recipe",
+    "setting",
+    "overrides",
     "epochs",
     "seed",
     "variant",
@@ -117,11 +121,11 @@ def commit() -> str:
 
 
 def recorded(path: Path) -> set[tuple[str, ...]]:
-    """The (dataset, recipe, seed, variant, num_samples) evaluations already in the CSV."""
+    """The (dataset, recipe, setting, seed, variant, num_samples, split) evaluations already in the CSV."""
     if not path.is_file():
         return set()
     with open(path, newline="") as f:
-        return {(r["dataset"], r["recipe"], r["seed"], r["variant"], r["num_samples"]) for r in csv.DictReader(f)}
+        return {tuple(r.get(k) or "default" for k in KEY) for r in csv.DictReader(f)}  # older files: no setting
 
 
 def append_row(path: Path, row: dict) -> None:
@@ -165,7 +169,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipe", choices=["small", "paper"], default="small", help="small: merge small.yaml")
     parser.add_argument("--train-seconds", type=int, help="stop each training after this many seconds")
     parser.add_argument("--samples", nargs="+", type=int, default=[1, 10], help="num_samples of each evaluation")
+    parser.add_argument(
+        "--splits", nargs="+", default=["test"], help="splits evaluated (validation: for choosing settings)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train_evaluate")
+    parser.add_argument("--setting", default="default", help="name of the --set overrides, in folders and rows")
     parser.add_argument("--no-tsne", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="a smoke run: 2 epochs of a tiny network, 40 t-SNE images")
     parser.add_argument(
@@ -180,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
         train_configs = ["configs/train.yaml", f"configs/data/{dataset}.yaml"]
         train_configs += ["configs/small.yaml"] if args.recipe == "small" else []
         for seed in args.seeds:
-            run_dir = out / f"{dataset}_{args.recipe}_{args.variant}_seed{seed}"
+            setting = "" if args.setting == "default" else f"_{args.setting}"
+            run_dir = out / f"{dataset}_{args.recipe}_{args.variant}{setting}_seed{seed}"
             common = dict(overrides, seed=seed, variant=args.variant, model_dir=str(run_dir / "models"))
             marker = run_dir / "trained.json"  # written once training has finished: a killed run trains again
             if not marker.is_file():
@@ -193,24 +202,26 @@ def main(argv: list[str] | None = None) -> None:
             if not (run_dir / "models" / "model.pt").is_file():  # stopped before any validated joint epoch
                 print(f"{dataset} seed {seed}: no model.pt after {train['epochs']} epochs, nothing to evaluate")
                 continue
-            for samples in args.samples:
-                key = (dataset, args.recipe, str(seed), args.variant, str(samples))
-                if key in done:
+            for split, samples in itertools.product(args.splits, args.samples):
+                row = dict(dataset=dataset, recipe=args.recipe, setting=args.setting, overrides=" ".join(args.set))
+                row.update(seed=seed, variant=args.variant, num_samples=samples, split=split)
+                if tuple(str(row[k]) for k in KEY) in done:
                     continue
-                eval_dir = run_dir / f"test_samples{samples}"
+                eval_dir = run_dir / f"{split}_samples{samples}"
                 seconds, _ = bundle_run(
                     "evaluating",
                     [*train_configs, "configs/evaluate.yaml"],
                     output_dir=str(eval_dir),
                     num_samples=samples,
+                    eval_split=split,
                     **common,
                 )
                 report = json.loads((eval_dir / "metrics.json").read_text())
-                row = dict(dataset=dataset, recipe=args.recipe, seed=seed, variant=args.variant, num_samples=samples)
-                row.update(split="test", eval_seconds=round(seconds, 1), **train, **stamp, **metrics_row(report))
+                row.update(eval_seconds=round(seconds, 1), **train, **stamp, **metrics_row(report))
                 append_row(table, row)
-                print(f"{dataset} seed {seed} samples {samples}: {json.dumps(metrics_row(report))}", flush=True)
-            if not args.no_tsne and not (run_dir / "tsne" / "tsne.png").is_file():
+                print(f"{dataset} seed {seed} {split} samples {samples}: {json.dumps(metrics_row(report))}", flush=True)
+            tsne = not args.no_tsne and args.variant != "basic"  # basic has no reverse chain to draw
+            if tsne and not (run_dir / "tsne" / "tsne.png").is_file():
                 bundle_run(
                     "tsne", [*train_configs, "configs/evaluate.yaml"], output_dir=str(run_dir / "tsne"), **common
                 )
