@@ -27,6 +27,20 @@ def planted_denoiser(features, y, prior, t):
     return 0.3 * y.double() - 0.2 * prior.double() + 1e-3 * t[:, None].double() + features[:, :1].double()
 
 
+class PlantedDenoiser(torch.nn.Module):
+    def forward(self, features, y, prior, t):
+        return planted_denoiser(features, y, prior, t)
+
+
+def planted_network(sampler: dict) -> DiffMIC:
+    """A DiffMIC whose sampling head's denoiser is the planted one (no EMA: the head samples)."""
+    trunk = {"depth": 10, "stem_kernel": 3, "stem_stride": 1, "stem_max_pool": False}
+    guidance = {"global_trunk": trunk, "use_local_stream": False}
+    network = DiffMIC(3, 1, guidance=guidance, width=4, encoder={"trunk": trunk}, ema_decay=None, sampler=sampler)
+    network.head["denoiser"] = PlantedDenoiser()
+    return network
+
+
 def card_schedule():
     """alpha_t, abar_t, abar_{t-1} and beta_t for every t, from the bundle's abar (MONAI's schedule, whose
     float32 rounding test_diffusion checks against CARD's): the tests here check the steps' algebra."""
@@ -76,10 +90,11 @@ def test_ancestral_samplers_reproduce_cards_chain_step_by_step(diffusion, name, 
     """``truncated`` (the authors' procedure) and ``ddpm``: y_K = prior + noise, CARD's posterior draw at
     every step with the same noise, the noise-free reparameterisation onto y0 last."""
     features, prior = inputs()
-    sampler = ReverseSampler(name, steps)
-    assert sampler.timesteps(diffusion) == list(range(steps - 1, -1, -1))
-    noise = torch.randn(5, sampler.num_draws(diffusion), 3, generator=torch.Generator().manual_seed(2)).double()
-    y0, path = sampler(diffusion, planted_denoiser, features, prior, noise, trajectory=True)
+    network = planted_network({"name": name, "steps": steps})
+    assert network.sampler.timesteps(diffusion) == network.chain_timesteps == list(range(steps - 1, -1, -1))
+    noise = torch.randn(5, 1, network.noise_draws(), 3, generator=torch.Generator().manual_seed(2)).double()
+    y0, path = network.sample(features, prior, noise, trajectory=True)
+    y0, path, noise = y0[:, 0], [p[:, 0] for p in path], noise[:, 0]
     y = prior + noise[:, 0]
     assert torch.equal(path[0], y)
     for i, t in enumerate(range(steps - 1, 0, -1)):
@@ -99,8 +114,8 @@ def test_sampler_settings_are_checked(diffusion):
     assert ReverseSampler("ddim", 10).num_draws(diffusion) == 1  # deterministic after the first draw
     assert ReverseSampler("ddim", 10, eta=0.5).num_draws(diffusion) == 10
     assert ReverseSampler("ddpm").describe(diffusion) == {"name": "ddpm", "steps": T, "eta": 1.0}
-    with pytest.raises(ValueError, match=r"needs noise of shape \(5, 1, 3\)"):
-        ReverseSampler()(diffusion, planted_denoiser, *inputs(), torch.zeros(5, 2, 3))
+    with pytest.raises(ValueError, match=r"needs noise of shape \(5, 1, 1, 3\)"):
+        planted_network({"name": "ddim"}).sample(*inputs(), torch.zeros(5, 1, 2, 3))
 
 
 def tiny_network(sampler: dict) -> DiffMIC:

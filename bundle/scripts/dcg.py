@@ -61,6 +61,8 @@ class DualGranularityGuidance(nn.Module):
         attention_dim: hidden size of the MIL attention.
     """
 
+    __constants__ = ["use_local_stream"]
+
     def __init__(
         self,
         num_classes: int,
@@ -97,17 +99,27 @@ class DualGranularityGuidance(nn.Module):
         saliency = self.saliency(self.global_trunk.feature_map(images))
         global_logits = saliency.mean(dim=(2, 3))
         out = {"global": global_logits, "fused": global_logits, "local": global_logits, "saliency": saliency}
-        if not self.use_local_stream:
-            empty = images.new_zeros(images.shape[0], 0, 2).long()
-            out.update(rois=empty, attention=images.new_zeros(images.shape[0], 0))
-            return out
-        with torch.no_grad():  # ROI selection is a discrete choice: no gradient flows through it
-            heat = normalized_saliency(saliency.detach(), (images.shape[2], images.shape[3]))
-            corners = select_windows(heat, self.num_rois, self.roi_size)
+        if self.use_local_stream:  # a constant: TorchScript compiles only the branch this network has
+            local_logits, corners, attention = self.local_stream(images, saliency)
+            out["local"] = local_logits
+            out["fused"] = (global_logits + local_logits) / 2
+            out["rois"] = corners
+            out["attention"] = attention
+        else:
+            out["rois"] = images.new_zeros(images.shape[0], 0, 2).long()
+            out["attention"] = images.new_zeros(images.shape[0], 0)
+        return out
+
+    def local_stream(
+        self, images: torch.Tensor, saliency: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Local logits (B, num_classes), ROI corners (B, K, 2) and MIL weights (B, K) of the images."""
+        # ROI selection is a discrete choice: no gradient flows through it (detach, not no_grad, which
+        # TorchScript cannot compile around values used after the block)
+        heat = normalized_saliency(saliency.detach(), (images.shape[2], images.shape[3]))
+        corners = select_windows(heat, self.num_rois, self.roi_size)
         crops = crop_windows(images, corners, self.roi_size)  # (B, K, C, s, s)
-        batch, k = crops.shape[:2]
+        batch, k = crops.shape[0], crops.shape[1]
         embeddings = self.local_trunk(crops.flatten(0, 1)).view(batch, k, -1)
         pooled, attention = self.mil(embeddings)
-        local_logits = self.local_classifier(pooled)
-        out.update(local=local_logits, fused=(global_logits + local_logits) / 2, rois=corners, attention=attention)
-        return out
+        return self.local_classifier(pooled), corners, attention

@@ -1,7 +1,5 @@
 """DiffMIC as one module: guidance (DCG), image encoder, denoiser, its EMA copy, and sampling."""
 
-from __future__ import annotations
-
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
@@ -11,7 +9,7 @@ from .denoiser import ConditionalDenoiser, ImageEncoder
 from .diffusion import PriorShiftedDiffusion
 from .sampler import ReverseSampler
 
-__all__ = ["DiffMIC", "warmup_ema"]
+__all__ = ["DiffMIC", "ExponentialMovingAverage", "warmup_ema"]
 
 
 def warmup_ema(decay: float):
@@ -29,12 +27,28 @@ def warmup_ema(decay: float):
     return average
 
 
+class ExponentialMovingAverage(AveragedModel):
+    """torch's ``AveragedModel`` (weights and BatchNorm buffers averaged) that TorchScript can compile.
+
+    DiffMIC reads the averaged head through :attr:`module` and never calls this module, so its
+    ``forward`` (variadic in ``AveragedModel``, which TorchScript cannot compile) is left out of scripts.
+    """
+
+    n_averaged: torch.Tensor  # AveragedModel's own annotation is a string TorchScript cannot resolve
+
+    @torch.jit.unused
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # noqa: D102 - never called, see above
+        raise NotImplementedError("read the averaged modules through .module")
+
+
 class DiffMIC(nn.Module):
     """The DiffMIC classifier (Yang et al., MICCAI 2023).
 
     ``forward(images)`` returns one denoised label vector per image: reverse diffusion from
     N(prior, I) with ``sampler`` (10 DDIM steps by default), with the EMA head when there is one.
     With ``use_diffusion=False`` (the ``basic`` ablation) it returns the softmax of the guidance logits.
+    The module compiles with ``torch.jit.script``: ``forward``, :meth:`predict` and :meth:`noise_draws`
+    (all an inferer needs) run the whole reverse sampling in TorchScript.
 
     Args:
         num_classes: number of classes.
@@ -48,8 +62,12 @@ class DiffMIC(nn.Module):
             BatchNorm statistics (ramped up, see :func:`warmup_ema`); None for no EMA (then the trained
             weights are used for sampling).
         sampler: keyword arguments of :class:`ReverseSampler` (name, steps, eta); it is not part of
-            the trained state, so evaluation may change it.
+            the trained state, so evaluation may choose another one for the same checkpoint.
     """
+
+    __constants__ = ["use_diffusion", "has_ema"]  # TorchScript compiles only the parts a network has
+    __jit_ignored_attributes__ = ["sampler"]  # its settings are compiled in as chain_timesteps, chain_eta
+    chain_timesteps: list[int]  # annotated: a basic network's empty list has no type TorchScript could infer
 
     def __init__(
         self,
@@ -66,7 +84,7 @@ class DiffMIC(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.use_diffusion = use_diffusion
-        self.sampler = ReverseSampler(**(sampler or {}))
+        self.has_ema = use_diffusion and ema_decay is not None
         self.dcg = DualGranularityGuidance(num_classes, in_channels, **(guidance or {}))
         self.ema = None
         if use_diffusion:
@@ -78,8 +96,13 @@ class DiffMIC(nn.Module):
                 }
             )
             if ema_decay is not None:
-                self.ema = AveragedModel(self.head, avg_fn=warmup_ema(ema_decay), use_buffers=True)
+                self.ema = ExponentialMovingAverage(self.head, avg_fn=warmup_ema(ema_decay), use_buffers=True)
                 self.ema.requires_grad_(False)  # updated by averaging, never by an optimizer
+        # the chain, fixed here so that TorchScript compiles it: its timesteps, its eta, its draws per chain
+        self.sampler = ReverseSampler(**(sampler or {}))
+        self.chain_timesteps = self.sampler.timesteps(self.diffusion) if use_diffusion else []
+        self.chain_eta = self.sampler.eta
+        self.chain_draws = self.sampler.num_draws(self.diffusion) if use_diffusion else 1
 
     @staticmethod
     def priors(guidance: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -95,36 +118,64 @@ class DiffMIC(nn.Module):
         """The encoder and denoiser used for sampling: the EMA copy when there is one."""
         return self.ema.module if self.ema is not None else self.head
 
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """rho(x) from the sampling head's encoder (the EMA copy when there is one)."""
+        if self.has_ema:
+            return self.ema.module["encoder"](images)
+        return self.head["encoder"](images)
+
+    def denoise(self, features: torch.Tensor, y_t: torch.Tensor, prior: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The noise the sampling head's denoiser predicts in y_t at timesteps t."""
+        if self.has_ema:
+            return self.ema.module["denoiser"](features, y_t, prior, t)
+        return self.head["denoiser"](features, y_t, prior, t)
+
+    @torch.jit.export
     def noise_draws(self) -> int:
         """Standard normal vectors one reverse chain of :attr:`sampler` consumes (1 without diffusion)."""
-        return self.sampler.num_draws(self.diffusion) if self.use_diffusion else 1
+        return self.chain_draws
 
     def sample(
         self, features: torch.Tensor, prior: torch.Tensor, noise: torch.Tensor, trajectory: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Reverse diffusion of S chains per image, batched into one pass per step.
 
+        Every step runs in float64 (see :meth:`PriorShiftedDiffusion.step`).
+
         Args:
             features: rho(x) from the sampling head's encoder, shape (B, width).
             prior: the fused prior, shape (B, num_classes).
-            noise: standard normal draws, shape (B, S, :meth:`noise_draws`, num_classes).
+            noise: standard normal draws, shape (B, S, :meth:`noise_draws`, num_classes): the initial
+                draw, then one per noisy step.
             trajectory: whether to return the visited states too.
 
         Returns:
-            denoised label vectors (B, S, num_classes) and, if asked for, the states at every visited
-            timestep, each (B, S, num_classes) (from y_T to y0).
+            denoised label vectors (B, S, num_classes), in ``prior``'s dtype, and, if asked for, the
+            states at every visited timestep, each (B, S, num_classes) in float64 (from y_T to y0).
         """
-        batch, samples = noise.shape[:2]
-        y, path = self.sampler(
-            self.diffusion,
-            self.sampling_head()["denoiser"],
-            features.repeat_interleave(samples, dim=0),
-            prior.repeat_interleave(samples, dim=0),
-            noise.flatten(0, 1),
-            trajectory,
-        )
-        return y.view(batch, samples, -1), [p.view(batch, samples, -1) for p in path]
+        batch, samples = noise.shape[0], noise.shape[1]
+        if noise.dim() != 4 or noise.shape[2] != self.chain_draws or noise.shape[3] != prior.shape[1]:
+            expected = f"({batch}, {samples}, {self.chain_draws}, {prior.shape[1]})"
+            raise ValueError(f"the chain needs noise of shape {expected}, got {noise.shape}")
+        features = features.repeat_interleave(samples, dim=0)
+        prior = prior.repeat_interleave(samples, dim=0)
+        noise = noise.flatten(0, 1)
+        y = prior.double() + noise[:, 0].double()
+        path: list[torch.Tensor] = [y] if trajectory else []
+        steps = self.chain_timesteps
+        for i in range(len(steps)):
+            t_next = steps[i + 1] if i + 1 < len(steps) else -1
+            t = torch.full([prior.shape[0]], steps[i], dtype=torch.long, device=prior.device)
+            eps = self.denoise(features, y.to(prior.dtype), prior, t)
+            step_noise: torch.Tensor | None = None
+            if self.chain_eta > 0 and t_next >= 0:
+                step_noise = noise[:, i + 1]
+            y = self.diffusion.step(eps, steps[i], t_next, y, prior, self.chain_eta, step_noise)[0]
+            if trajectory:
+                path.append(y)
+        return y.to(prior.dtype).view(batch, samples, -1), [p.view(batch, samples, -1) for p in path]
 
+    @torch.jit.export
     def predict(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Denoised samples, the guidance priors and the saliency, from one pass of every backbone.
 
@@ -139,15 +190,17 @@ class DiffMIC(nn.Module):
             ``rois``: the DCG's class saliency maps and ROI corners.
         """
         guidance = self.dcg(images)
-        out = {**self.priors(guidance), "saliency": guidance["saliency"], "rois": guidance["rois"]}
+        out = self.priors(guidance)
+        out["saliency"] = guidance["saliency"]
+        out["rois"] = guidance["rois"]
         if noise is None:
-            noise = torch.randn(images.shape[0], 1, self.noise_draws(), self.num_classes, device=images.device)
-        if not self.use_diffusion:
+            noise = torch.randn(images.shape[0], 1, self.chain_draws, self.num_classes, device=images.device)
+        if self.use_diffusion:
+            out["denoised"] = self.sample(self.encode(images), out["fused"], noise)[0]
+        else:
             out["denoised"] = out["fused"].unsqueeze(1).expand(-1, noise.shape[1], -1)
-            return out
-        features = self.sampling_head()["encoder"](images)
-        out["denoised"] = self.sample(features, out["fused"], noise)[0]
         return out
 
     def forward(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """One denoised label vector per image (B, num_classes): the first chain of :meth:`predict`."""
         return self.predict(images, noise)["denoised"][:, 0]

@@ -1,0 +1,136 @@
+"""The model zoo's checks on the bundle (network in/out, TorchScript export) and MONAI Deploy's calling convention."""
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+from monai.transforms import Compose
+from monai.utils import ensure_tuple
+
+from conftest import BUNDLE, TINY, require_data
+from scripts.checkpoint import load_weights
+from scripts.inferer import DiffMICInferer
+
+NETWORK = {k: v for k, v in TINY.items() if k in ("width", "encoder_depth", "global_depth", "local_depth")}
+INFERENCE = ["configs/inference.yaml", "configs/data/breastmnist.yaml", "configs/small.yaml"]
+META = "configs/metadata.json"
+
+
+def monai_bundle(*args: str) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle ARGS`` from the bundle folder, as the model zoo's CI runs it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=BUNDLE, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def breastmnist_test_images(count: int) -> torch.Tensor:
+    """The first real BreastMNIST test images, scaled to [-1, 1] as the bundle's preprocessing does."""
+    with np.load(require_data("medmnist/breastmnist.npz") / "medmnist" / "breastmnist.npz") as arrays:
+        images = arrays["test_images"][:count]
+    return torch.from_numpy(images).float().div(255).mul(2).sub(1)[:, None]
+
+
+def eager_network(checkpoint) -> torch.nn.Module:
+    """The inference config's network (BreastMNIST, small recipe, the tests' sizes) with the checkpoint."""
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / c) for c in INFERENCE])
+    parser.update(NETWORK)
+    return load_weights(parser.get_parsed_content("network_def"), str(checkpoint), "cpu").eval()
+
+
+@pytest.fixture(scope="module")
+def exported(trained_bundle, tmp_path_factory):
+    """The test session's checkpoint exported with the model zoo's command; the path of model.ts."""
+    path = tmp_path_factory.mktemp("export") / "model.ts"
+    overrides = [arg for k, v in NETWORK.items() for arg in (f"--{k}", str(v))]
+    checkpoint = trained_bundle["dir"] / "models" / "model.pt"
+    monai_bundle(
+        "ckpt_export", "network_def", "--filepath", str(path), "--ckpt_file", str(checkpoint),
+        "--meta_file", META, "--config_file", str(INFERENCE), *overrides,
+    )  # fmt: skip
+    return path
+
+
+def test_verify_net_in_out_passes_and_checks_the_denoised_prediction():
+    """The model zoo's shape check passes; the output it checks (forward) is the reverse chain's denoised
+    label vector, not the DCG prior."""
+    monai_bundle("verify_net_in_out", "network_def", "--meta_file", META, "--config_file", "configs/inference.yaml")
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.yaml"))
+    parser.read_meta(str(BUNDLE / META))
+    network = parser.get_parsed_content("network_def").eval()
+    pred = parser.get_parsed_content("_meta_#network_data_format#outputs#pred")
+    images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(2, 1, network.noise_draws(), 7, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out, parts = network(images, noise), network.predict(images, noise)
+    assert out.shape == (2, pred["num_channels"]) and len(pred["channel_def"]) == pred["num_channels"]
+    assert torch.equal(out, parts["denoised"][:, 0])
+    assert not torch.allclose(out, parts["fused"], atol=1e-3)  # the prior is where the chain starts, not its end
+
+
+def test_torchscript_export_runs_the_whole_reverse_sampling_like_the_eager_model(exported, trained_bundle):
+    """model.ts: the guidance, the encoder, the denoiser and the sampling chain all in TorchScript; through
+    the bundle's inferer (3 samples, noise seeded per image id) it gives the eager model's results."""
+    scripted = torch.jit.load(str(exported))
+    assert isinstance(scripted, torch.jit.ScriptModule)
+    assert isinstance(scripted.predict, torch.ScriptMethod) and isinstance(scripted.noise_draws, torch.ScriptMethod)
+    eager = eager_network(trained_bundle["dir"] / "models" / "model.pt")
+    images, inferer = breastmnist_test_images(24), DiffMICInferer(seed=0, num_samples=3)
+    ids = [f"test_{i}" for i in range(24)]
+    with torch.no_grad():
+        expected, got = inferer.predict(images, eager, ids), inferer.predict(images, scripted, ids)
+        noise = inferer.noise(ids[:4], 1, 2, torch.device("cpu"))[:, :1]
+        torch.testing.assert_close(scripted(images[:4], noise), eager(images[:4], noise))  # forward: one chain
+    assert set(got) == set(expected)
+    for key in ("denoised", "probs", "fused", "global", "local", "saliency", "rois", "entropy"):
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert not torch.allclose(got["probs"], got["fused"], atol=1e-3)
+    extra = {"metadata.json": "", "inference.json": "", "breastmnist.json": "", "small.json": ""}
+    torch.jit.load(str(exported), _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["version"] == json.loads((BUNDLE / META).read_text())["version"]
+    assert json.loads(extra["breastmnist.json"])["class_names"] == ["malignant", "normal_or_benign"]
+
+
+def test_deploy_bundle_operator_calling_convention(exported, trained_bundle, tmp_path):
+    """What MONAI Deploy's MonaiBundleInferenceOperator (app SDK 4.0) does with model.ts, step by step: the
+    configs from the archive, the preprocessing without LoadImage on an in-memory image, the inferer called
+    with keyword arguments and the TorchScript module, the first output of the batch post-processed by
+    ``deploy_postprocessing`` into a class index. The SDK itself needs holoscan-cu13 and tritonclient,
+    which do not install here, so this test follows its code instead of importing it."""
+    names = ["inference", "breastmnist", "small"]  # BundleConfigNames(config_names=...): merged in this order
+    with zipfile.ZipFile(exported) as archive:
+        archive.extractall(tmp_path, members=[f"model/extra/{n}.json" for n in [*names, "metadata"]])
+    extra = tmp_path / "model" / "extra"
+    parser = ConfigParser()
+    parser.read_meta(str(extra / "metadata.json"))
+    parser.read_config([str(extra / f"{n}.json") for n in names])
+    parser.update(NETWORK)  # the tests' network sizes (the exported configs hold the overrides' defaults)
+    parser.parse()
+    inferer = parser.get_parsed_content("inferer")
+    preprocessing = parser.get_parsed_content("preprocessing")
+    preprocessing = Compose([t for t in preprocessing.transforms if not type(t).__name__.startswith("LoadImage")])
+    postprocessing = parser.get_parsed_content("deploy_postprocessing")
+    network = torch.jit.load(str(exported), map_location="cpu").eval()
+
+    with np.load(require_data("medmnist/breastmnist.npz") / "medmnist" / "breastmnist.npz") as arrays:
+        pixels = arrays["test_images"][:6]
+    eager = eager_network(trained_bundle["dir"] / "models" / "model.pt")
+    for image in pixels:
+        inputs = preprocessing({"image": MetaTensor(image, meta={"original_channel_dim": "no_channel"})})
+        first_input = inputs.pop("image")[None]
+        with torch.no_grad():
+            outputs = inferer(inputs=first_input, network=network)
+            scaled = torch.from_numpy(image).float().div(127.5).sub(1)[None, None]
+            expected = DiffMICInferer(seed=0).predict(scaled, eager)
+        result = postprocessing({"pred": ensure_tuple(outputs)[0], **inputs})
+        assert result["pred"].shape == (1,) and int(result["pred"].item()) == int(expected["probs"].argmax())
+        torch.testing.assert_close(outputs, expected["probs"], rtol=1e-4, atol=1e-5)
