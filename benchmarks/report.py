@@ -1,9 +1,12 @@
-"""Rebuilds the tables of bundle/docs/benchmarks.md from the CSVs in benchmarks/results/.
+"""Rebuilds the tables and figures of bundle/docs/benchmarks.md from the CSVs in benchmarks/results/.
 
 The page's prose is written by hand; each table sits between ``<!-- table:NAME -->`` and
-``<!-- end -->`` markers and is regenerated here from the CSV rows, so no number is typed by hand:
+``<!-- end -->`` markers and is regenerated here from the CSV rows, so no number is typed by hand
+(the published MedMNIST v2 results and the targets are constants below, with their source). The figure
+``bundle/docs/images/prior_vs_denoised_epochs.png`` is redrawn from the training curves:
 
     python benchmarks/report.py
+    python benchmarks/report.py --page /tmp/page.md --figure /tmp/curves.png
 """
 
 from __future__ import annotations
@@ -11,12 +14,77 @@ from __future__ import annotations
 import argparse
 import csv
 import re
-from collections.abc import Callable
+import statistics
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "bundle" / "docs" / "benchmarks.md"
 RESULTS = REPO / "benchmarks" / "results"
+FIGURE = REPO / "bundle" / "docs" / "images" / "prior_vs_denoised_epochs.png"
+CONFIGS = REPO / "bundle" / "configs"
+
+DATASETS = {"breastmnist": "BreastMNIST", "retinamnist": "RetinaMNIST"}  # the ablation's datasets, in page order
+SEEDS = ("0", "1", "2")
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+ALPHA = 0.05  # McNemar tests counted as significant below this p-value; 95 % bootstrap intervals
+# MedMNIST v2 (Yang et al., "MedMNIST v2 - A large-scale lightweight benchmark for 2D and 3D biomedical image
+# classification", Scientific Data 10, 41, 2023), table of benchmark results: test AUC and ACC per method.
+PUBLISHED: dict[str, list[tuple[str, float, float]]] = {
+    "breastmnist": [
+        ("ResNet-18 (28)", 0.901, 0.863),
+        ("ResNet-50 (28)", 0.857, 0.812),
+        ("auto-sklearn", 0.836, 0.803),
+        ("AutoKeras", 0.871, 0.831),
+        ("Google AutoML Vision", 0.919, 0.861),
+    ],
+    "retinamnist": [
+        ("ResNet-18 (28)", 0.717, 0.524),
+        ("ResNet-50 (28)", 0.726, 0.528),
+        ("auto-sklearn", 0.690, 0.515),
+        ("AutoKeras", 0.719, 0.503),
+        ("Google AutoML Vision", 0.750, 0.531),
+    ],
+}
+TARGETS = {"breastmnist": (0.92, 0.87), "retinamnist": (0.76, 0.55)}  # the project's test (AUC, ACC) targets
+
+
+class AblationRow(NamedTuple):
+    """One row of the ablation table: which runs, which prediction (``denoised`` or the fused ``prior``)."""
+
+    label: str
+    variant: str
+    samples: str  # the evaluation's num_samples; basic and the prior do not depend on it
+    prediction: str
+
+
+ABLATION_ROWS = [
+    AblationRow("basic (ResNet-18)", "basic", "10", "denoised"),
+    AblationRow("DCG prior (fused, of full)", "full", "10", "prior"),
+    AblationRow("C1", "C1", "1", "denoised"),
+    AblationRow("C1", "C1", "10", "denoised"),
+    AblationRow("C2", "C2", "1", "denoised"),
+    AblationRow("C2", "C2", "10", "denoised"),
+    AblationRow("full", "full", "1", "denoised"),
+    AblationRow("full", "full", "10", "denoised"),
+]
+
+
+class Evaluation(NamedTuple):
+    """The per-image results of one evaluation, in image-id order."""
+
+    ids: list[str]
+    true: np.ndarray  # class indices
+    predicted: np.ndarray
+    prior: np.ndarray
+    probs: np.ndarray  # images x classes, of the denoised prediction
+
+
+EvaluationKey = tuple[str, str, str, str, str, str]  # dataset, setting, variant, seed, num_samples, split
 
 
 def read(path: Path) -> list[dict[str, str]]:
@@ -71,9 +139,353 @@ def evaluation_table(rows: list[dict[str, str]]) -> str:
     return markdown(header, out)
 
 
-TABLES: dict[str, tuple[str, Callable[[list[dict[str, str]]], str]]] = {
-    "speed_h200": ("speed_h200.csv", speed_table),
-    "evaluation_h200": ("train_evaluate_h200.csv", evaluation_table),
+def select(rows: Sequence[dict[str, str]], **fields: str) -> list[dict[str, str]]:
+    """The rows whose columns equal every given value."""
+    return [r for r in rows if all(r.get(k) == v for k, v in fields.items())]
+
+
+def mean_sd(values: Sequence[float]) -> str:
+    """``mean ± sd`` (sample standard deviation) of several seeds; the value alone for one; ``-`` for none."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def evaluations(rows: Sequence[dict[str, str]]) -> dict[EvaluationKey, Evaluation]:
+    """The rows of a ``collect.py`` predictions CSV grouped by evaluation.
+
+    Args:
+        rows: rows with dataset, setting, variant, seed, num_samples, split, id, the labels as class indices and
+            ``prob_0``... (blank past the dataset's class count).
+
+    Returns:
+        one ``Evaluation`` per (dataset, setting, variant, seed, num_samples, split), images sorted by id.
+    """
+    grouped: dict[EvaluationKey, list[dict[str, str]]] = {}
+    for r in rows:
+        key = (r["dataset"], r["setting"], r["variant"], r["seed"], r["num_samples"], r["split"])
+        grouped.setdefault(key, []).append(r)
+    out = {}
+    for key, group in grouped.items():
+        group = sorted(group, key=lambda r: r["id"])
+        classes = [k for k in group[0] if k.startswith("prob_") and group[0][k] != ""]
+        out[key] = Evaluation(
+            ids=[r["id"] for r in group],
+            true=np.array([int(r["true_label"]) for r in group]),
+            predicted=np.array([int(r["predicted_label"]) for r in group]),
+            prior=np.array([int(r["prior_label"]) for r in group]),
+            probs=np.array([[float(r[c]) for c in classes] for r in group]),
+        )
+    return out
+
+
+def weighted_auc(counts: np.ndarray, positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """ROC AUC of each bootstrap resample, as sklearn's ``roc_auc_score`` computes it (a tie counts one half).
+
+    A resample is the original images weighted by how often it drew each, so one sort of the scores serves all
+    resamples: the AUC is the weighted share of (positive, negative) pairs the scores order correctly.
+
+    Args:
+        counts: resamples x images, how often each resample drew each image (all ones: the images themselves).
+        positive: per image, True for the positive class.
+        scores: per image, the positive class's score.
+
+    Returns:
+        one AUC per resample; NaN where a resample has no positive or no negative image.
+    """
+    order = np.argsort(scores, kind="stable")
+    ordered = scores[order]
+    ties = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # where each group of equal scores starts
+    weights, is_positive = counts[:, order], positive[order]
+    pos = np.add.reduceat(weights * is_positive, ties, axis=1)  # positives drawn per group of equal scores
+    neg = np.add.reduceat(weights * ~is_positive, ties, axis=1)
+    below = np.cumsum(neg, axis=1) - neg  # negatives with a lower score than the group
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (pos * (below + neg / 2)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
+
+
+def macro_auc(counts: np.ndarray, true: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """AUC of each resample: of class 1 for two classes, else the unweighted mean of the one-vs-rest AUCs.
+
+    This is sklearn's ``roc_auc_score(true, probs[:, 1])`` and ``roc_auc_score(true, probs, multi_class="ovr",
+    average="macro")``, for many resamples at once (a test checks both against sklearn).
+
+    Args:
+        counts: resamples x images, how often each resample drew each image.
+        true: per image, its class index.
+        probs: images x classes.
+
+    Returns:
+        one AUC per resample; NaN where a resample lacks a class.
+    """
+    classes = [1] if probs.shape[1] == 2 else range(probs.shape[1])
+    return np.mean([weighted_auc(counts, true == c, probs[:, c]) for c in classes], axis=0)
+
+
+def percentile_interval(values: np.ndarray) -> str:
+    """The 95 % percentile interval of bootstrap values, NaN resamples (a class missing) left out."""
+    low, high = np.nanpercentile(values, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])
+    return f"[{low:.3f}, {high:.3f}]"
+
+
+def bootstrap_counts(images: int) -> np.ndarray:
+    """``BOOTSTRAP_RESAMPLES`` resamples (with replacement, fixed seed) as how often each drew each image."""
+    draws = np.random.default_rng(BOOTSTRAP_SEED).integers(0, images, size=(BOOTSTRAP_RESAMPLES, images))
+    return np.stack([np.bincount(d, minlength=images) for d in draws])
+
+
+def bootstrap_intervals(true: np.ndarray, predicted: np.ndarray, probs: np.ndarray | None) -> tuple[str, str]:
+    """95 % bootstrap intervals of accuracy and AUC over the images (the same resamples for both).
+
+    Args:
+        true: class index of each image.
+        predicted: predicted class index of each image.
+        probs: images x classes, or None where only labels exist (then no AUC interval).
+
+    Returns:
+        the ACC and AUC intervals as ``[low, high]`` (``-`` for the AUC without probabilities).
+    """
+    counts = bootstrap_counts(len(true))
+    accuracy = percentile_interval(counts @ (true == predicted) / len(true))
+    return accuracy, "-" if probs is None else percentile_interval(macro_auc(counts, true, probs))
+
+
+def mcnemar_p(correct: np.ndarray, reference_correct: np.ndarray) -> float:
+    """Exact McNemar test: two-sided binomial test (p = 0.5) on the images exactly one of the two gets right.
+
+    Args:
+        correct, reference_correct: per image (same order), whether each classifier is right.
+
+    Returns:
+        the p-value (1 when no image is discordant).
+    """
+    from scipy.stats import binomtest
+
+    only_this = int(np.sum(correct & ~reference_correct))
+    discordant = only_this + int(np.sum(~correct & reference_correct))
+    return 1.0 if discordant == 0 else float(binomtest(only_this, discordant, 0.5).pvalue)
+
+
+def labels_of(evaluation: Evaluation, prediction: str) -> np.ndarray:
+    """The predicted class of each image: the denoised prediction's or the fused prior's."""
+    return evaluation.prior if prediction == "prior" else evaluation.predicted
+
+
+def paired_p(
+    runs: dict[EvaluationKey, Evaluation], dataset: str, row: AblationRow, seed: str, split: str = "test"
+) -> float | None:
+    """McNemar p-value of one ablation row against ``basic`` of the same seed, or None when a run is missing."""
+    this = runs.get((dataset, "default", row.variant, seed, row.samples, split))
+    basic = runs.get((dataset, "default", "basic", seed, "10", split))
+    if this is None or basic is None:
+        return None
+    if this.ids != basic.ids:
+        raise ValueError(f"{dataset} seed {seed}: {row.variant} and basic were evaluated on different images")
+    return mcnemar_p(labels_of(this, row.prediction) == this.true, basic.predicted == basic.true)
+
+
+def metric_columns(prediction: str) -> tuple[str, str, str]:
+    """The metric CSV's ACC, macro-F1 and AUC columns of the denoised prediction or of the fused prior."""
+    prefix = "prior_" if prediction == "prior" else ""
+    return f"{prefix}accuracy", f"{prefix}macro_f1", f"{prefix}auc"
+
+
+def ablation_cells(
+    metrics: Sequence[dict[str, str]], runs: dict[EvaluationKey, Evaluation], dataset: str, row: AblationRow
+) -> list[str]:
+    """The cells of one ablation row: test-split means over seeds, seed-0 intervals, McNemar against basic."""
+    tests = select(metrics, dataset=dataset, setting="default", variant=row.variant, split="test")
+    tests = sorted(select(tests, num_samples=row.samples), key=lambda r: int(r["seed"]))
+    seeds = [r["seed"] for r in tests]
+    cells = [DATASETS[dataset], row.label, "-" if row.prediction == "prior" or row.variant == "basic" else row.samples]
+    cells += [str(len(seeds))] + [mean_sd([float(r[c]) for r in tests]) for c in metric_columns(row.prediction)]
+    first = runs.get((dataset, "default", row.variant, "0", row.samples, "test"))
+    if first is None:
+        return cells + ["-"] * 4
+    probs = None if row.prediction == "prior" else first.probs
+    cells += list(bootstrap_intervals(first.true, labels_of(first, row.prediction), probs))
+    if row.variant == "basic":
+        return cells + ["-", "-"]
+    first_p = paired_p(runs, dataset, row, "0")
+    cells.append("-" if first_p is None else f"{first_p:.3g}")
+    p_values = [paired_p(runs, dataset, row, s) for s in seeds]
+    significant = sum(p is not None and p < ALPHA for p in p_values)
+    return cells + [f"{significant} of {len(p_values)}" if len(p_values) > 1 else "-"]
+
+
+def ablation_table(metrics: list[dict[str, str]], predictions: list[dict[str, str]]) -> str:
+    """Test-split ablation of the small recipe on each dataset: means over seeds, intervals, paired tests."""
+    runs = evaluations(predictions)
+    rows = [ablation_cells(metrics, runs, d, r) for d in DATASETS for r in ABLATION_ROWS]
+    header = ["dataset", "model", "S", "seeds", "ACC", "macro-F1", "AUC", "ACC 95% CI (seed 0)"]
+    header += ["AUC 95% CI (seed 0)", "McNemar p vs basic (seed 0)", f"seeds with p < {ALPHA}"]
+    return markdown(header, rows)
+
+
+def seed_means(metrics: Sequence[dict[str, str]], dataset: str, variant: str) -> tuple[float, float] | None:
+    """Mean test AUC and ACC over the seeds of a ``default`` variant evaluated with 10 samples."""
+    tests = select(metrics, dataset=dataset, setting="default", variant=variant, split="test", num_samples="10")
+    if not tests:
+        return None
+    return statistics.mean(float(r["auc"]) for r in tests), statistics.mean(float(r["accuracy"]) for r in tests)
+
+
+def target_verdict(dataset: str, auc: float, accuracy: float) -> str:
+    """Whether a test AUC and ACC meet the dataset's targets, with every miss spelled out."""
+    auc_target, acc_target = TARGETS[dataset]
+    misses = [f"AUC {auc:.3f} < {auc_target}"] if auc < auc_target else []
+    misses += [f"ACC {accuracy:.3f} < {acc_target}"] if accuracy < acc_target else []
+    return "yes" if not misses else "no: " + ", ".join(misses)
+
+
+def published_table(metrics: list[dict[str, str]]) -> str:
+    """MedMNIST v2's published test results next to this bundle's basic and full (S=10) means over seeds."""
+    rows = []
+    for dataset, name in DATASETS.items():
+        for method, auc, accuracy in PUBLISHED[dataset]:
+            rows.append([name, method, "MedMNIST v2 (published)", f"{auc:.3f}", f"{accuracy:.3f}", "-"])
+        for variant, label in (("basic", "basic (ResNet-18), small recipe"), ("full", "full, S=10, small recipe")):
+            means = seed_means(metrics, dataset, variant)
+            if means is None:
+                rows.append([name, label, "this bundle", "-", "-", "-"])
+                continue
+            seeds = {r["seed"] for r in select(metrics, dataset=dataset, setting="default", variant=variant)}
+            source = f"this bundle, mean of {len(seeds)} seeds"
+            rows.append([name, label, source, f"{means[0]:.3f}", f"{means[1]:.3f}", target_verdict(dataset, *means)])
+    header = ["dataset", "method", "source", "test AUC", "test ACC", "meets the target (AUC, ACC)"]
+    targets = "; ".join(f"{DATASETS[d]} AUC >= {a}, ACC >= {c}" for d, (a, c) in TARGETS.items())
+    return markdown(header, rows) + f"\n\nTargets: {targets}."
+
+
+def key_metric(dataset: str) -> str:
+    """The validation metric that selects a dataset's checkpoint (``key_metric_name`` of its config)."""
+    for path in (CONFIGS / "data" / f"{dataset}.yaml", CONFIGS / "train.yaml"):
+        found = re.search(r"^key_metric_name:\s*(\w+)", path.read_text(), re.M) if path.is_file() else None
+        if found:
+            return found.group(1)
+    return "macro_f1"
+
+
+def curve(curves: Sequence[dict[str, str]], tag: str, **run: str) -> list[tuple[int, float]]:
+    """(epoch, value) of one tag of one run's training curves, by epoch."""
+    return sorted((int(r["epoch"]), float(r["value"])) for r in select(curves, tag=tag, **run))
+
+
+def checkpoint_epoch(curves: Sequence[dict[str, str]], **run: str) -> str:
+    """The epoch of the evaluated checkpoint: the first best validation value of the dataset's key metric."""
+    points = curve(curves, key_metric(run["dataset"]), **run)
+    if not points:
+        return "-"
+    best = max(v for _, v in points)
+    return str(next(e for e, v in points if v == best))
+
+
+def triple(row: dict[str, str] | None, columns: Sequence[str]) -> str:
+    """``a / b / c`` of some metric columns of a row, ``-`` without the row."""
+    return "-" if row is None else " / ".join(f3(row[c]) for c in columns)
+
+
+def one(rows: Sequence[dict[str, str]], **fields: str) -> dict[str, str] | None:
+    """The single row matching the fields, or None."""
+    found = select(rows, **fields)
+    return found[0] if found else None
+
+
+def study_cells(
+    metrics: Sequence[dict[str, str]], curves: Sequence[dict[str, str]], setting: str, dataset: str
+) -> list[str]:
+    """One row of the study table: validation metrics of a setting's seed-0 ``full`` run, test for information."""
+    run = dict(dataset=dataset, setting=setting, variant="full", seed="0")
+    rows = select(metrics, **run)
+    val1, val10 = one(rows, split="validation", num_samples="1"), one(rows, split="validation", num_samples="10")
+    test10 = one(rows, split="test", num_samples="10")
+    if val1 is None or val10 is None:
+        last = curve(curves, "prior_accuracy", **run)
+        status = "not finished in the lease" + (f" (last validated epoch {last[-1][0]})" if last else "")
+        return [setting, DATASETS[dataset], "-", "-", status] + ["-"] * 7
+    overrides = " ".join(o for o in val10["overrides"].split() if not o.startswith("progress_bar=")) or "-"
+    gaps = [float(r["accuracy"]) - float(r["prior_accuracy"]) for r in (val1, val10)]
+    return [
+        setting,
+        DATASETS[dataset],
+        overrides,
+        checkpoint_epoch(curves, **run),
+        triple(val1, ("accuracy", "macro_f1", "auc")),
+        triple(val10, ("accuracy", "macro_f1", "auc")),
+        triple(val10, ("prior_accuracy", "prior_auc")),
+        " / ".join(f"{g:+.3f}" for g in gaps),
+        val10["train_seconds"],
+        triple(test10, ("accuracy", "auc")),
+        triple(test10, ("prior_accuracy", "prior_auc")),
+    ]
+
+
+def study_table(metrics: list[dict[str, str]], curves: list[dict[str, str]]) -> str:
+    """The settings study on the validation split (seed 0, ``full``); settings without rows: not finished."""
+    settings = {r["setting"] for r in select(curves, variant="full", seed="0")} | {
+        r["setting"] for r in select(metrics, variant="full", seed="0")
+    }
+    finished = {r["setting"] for r in select(metrics, variant="full", seed="0", split="validation")}
+    order = sorted(settings, key=lambda s: (s != "default", s not in finished, s))
+    rows = [
+        study_cells(metrics, curves, s, d)
+        for s in order
+        for d in DATASETS
+        if select(curves, setting=s, dataset=d, variant="full", seed="0") or select(metrics, setting=s, dataset=d)
+    ]
+    header = ["setting", "dataset", "overrides", "checkpoint epoch", "val S=1 ACC / F1 / AUC"]
+    header += ["val S=10 ACC / F1 / AUC", "val prior ACC / AUC", "val denoised - prior ACC (S=1 / S=10)"]
+    header += ["training s", "test S=10 ACC / AUC (information)", "test prior ACC / AUC (information)"]
+    return markdown(header, rows)
+
+
+def draw_curves(curves: Sequence[dict[str, str]], path: Path) -> None:
+    """Validation ACC and AUC of the denoised prediction and of the DCG prior against epoch (``full``, seeds 0-2).
+
+    One column per dataset, one row per metric; written to ``<path>.partial`` and renamed.
+
+    Args:
+        curves: rows of a ``collect.py`` curves CSV.
+        path: the PNG file.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 6.5), layout="constrained")
+    axes = fig.subplots(2, len(DATASETS), sharex=True, squeeze=False)
+    for column, (dataset, name) in enumerate(DATASETS.items()):
+        for row, (metric, label) in enumerate((("accuracy", "validation ACC"), ("auc", "validation AUC"))):
+            ax = axes[row][column]
+            for color, seed in zip(("C0", "C1", "C2"), SEEDS, strict=True):
+                run = dict(dataset=dataset, setting="default", variant="full", seed=seed)
+                for tag, style, kind in ((metric, "-", "denoised"), (f"prior_{metric}", "--", "DCG prior")):
+                    points = curve(curves, tag, **run)
+                    if points:
+                        epochs, values = zip(*points, strict=True)
+                        ax.plot(epochs, values, style, color=color, label=f"seed {seed}, {kind}")
+            ax.set_title(f"{name}: {label}")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+            if row == 1:
+                ax.set_xlabel("epoch")
+    axes[0][0].legend(fontsize="small", ncol=2)
+    fig.suptitle("full, small recipe, validation split: denoised prediction (S=1, solid) and fused DCG prior (dashed)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    fig.savefig(partial, format="png", dpi=110)
+    partial.replace(path)
+
+
+TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
+    "speed_h200": (("speed_h200.csv",), speed_table),
+    "evaluation_h200": (("train_evaluate_h200.csv",), evaluation_table),
+    "ablation_h200": (("ablation_h200.csv", "ablation_h200_predictions.csv"), ablation_table),
+    "published": (("ablation_h200.csv",), published_table),
+    "study_h200": (("ablation_h200.csv", "ablation_h200_curves.csv"), study_table),
 }
 
 
@@ -81,17 +493,26 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--page", type=Path, default=PAGE)
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--figure", type=Path, default=FIGURE, help="the training-curves PNG redrawn")
     args = parser.parse_args(argv)
     text = args.page.read_text()
-    for name, (csv_name, build) in TABLES.items():
+    cache: dict[str, list[dict[str, str]]] = {}
+
+    def load(csv_name: str) -> list[dict[str, str]]:
+        if csv_name not in cache:
+            cache[csv_name] = read(args.results / csv_name)
+        return cache[csv_name]
+
+    for name, (csv_names, build) in TABLES.items():
         pattern = re.compile(rf"(<!-- table:{name} -->\n)(?:(?!<!--).)*?(<!-- end -->)", re.S)
         if not pattern.search(text):
             raise ValueError(f"{args.page} has no '<!-- table:{name} -->' ... '<!-- end -->' block")
-        table = build(read(args.results / csv_name))
+        table = build(*[load(n) for n in csv_names])
         text = pattern.sub(lambda m, t=table: m.group(1) + t + "\n" + m.group(2), text)
     partial = args.page.with_suffix(".md.partial")
     partial.write_text(text)
     partial.replace(args.page)
+    draw_curves(load("ablation_h200_curves.csv"), args.figure)
     return text
 
 

@@ -3,10 +3,15 @@
 import csv
 import importlib.util
 import math
+import statistics
+
+import numpy as np
+from scipy.stats import binomtest
 
 from conftest import REPO, require_data
 
 # one thread: the timings are not checked, and a second thread only competes with whatever shares the cores
+RESULTS = REPO / "benchmarks" / "results"
 TINY_ARGS = ["--tiny", "--device", "cpu", "--threads", "1"]
 NUMBERS = ("seconds", "images_per_s", "ratio_to_basic")
 CHECK_NUMBERS = ("check_full_s", "check_backbones_s", "check_step_s", "check_bound_s", "check_ratio")
@@ -97,18 +102,164 @@ def test_train_evaluate_tiny_run_records_each_evaluation_once(tmp_path):
 
 def test_report_rebuilds_the_tables_from_the_committed_csvs(tmp_path):
     """benchmarks/report.py fills each marked table of a page from benchmarks/results/ and keeps the prose."""
-    page = tmp_path / "page.md"
-    blocks = ["<!-- table:speed_h200 -->\nstale\n<!-- end -->", "<!-- table:evaluation_h200 -->\n<!-- end -->"]
-    page.write_text(f"intro\n{blocks[0]}\nmiddle\n{blocks[1]}\n")
-    text = load_script("report").main(["--page", str(page)])
+    page, figure = tmp_path / "page.md", tmp_path / "curves.png"
+    names = ["evaluation_h200", "ablation_h200", "published", "study_h200"]
+    blocks = ["<!-- table:speed_h200 -->\nstale\n<!-- end -->"] + [f"<!-- table:{n} -->\n<!-- end -->" for n in names]
+    page.write_text(f"intro\n{blocks[0]}\nmiddle\n" + "\n".join(blocks[1:]) + "\n")
+    report = load_script("report")
+    text = report.main(["--page", str(page), "--figure", str(figure)])
     assert page.read_text() == text and text.startswith("intro\n") and "stale" not in text and "middle" in text
-    speed_rows = read_rows(REPO / "benchmarks" / "results" / "speed_h200.csv")
+    assert figure.read_bytes().startswith(b"\x89PNG")
+    speed_rows = read_rows(RESULTS / "speed_h200.csv")
     sizes = {r["image_size"] for r in speed_rows}
     assert text.count("(small)") + text.count("(paper)") == len({(r["image_size"], r["width"]) for r in speed_rows})
     assert sizes == {"28", "64", "224"}
-    evaluations = read_rows(REPO / "benchmarks" / "results" / "train_evaluate_h200.csv")
+    evaluations = read_rows(RESULTS / "train_evaluate_h200.csv")
     for r in evaluations:
         assert (
             f"| {r['dataset']} | {r['recipe']} | {r['epochs']} | {r['num_samples']} | {float(r['accuracy']):.3f} |"
             in text
         )
+
+    metrics = read_rows(RESULTS / "ablation_h200.csv")
+    full = table_rows(text, "ablation_h200", "BreastMNIST", "full")
+    tests = matching(metrics, dataset="breastmnist", setting="default", variant="full", split="test", num_samples="10")
+    accuracies = [float(r["accuracy"]) for r in tests]
+    assert len(accuracies) == 3
+    assert full[1][4] == f"{statistics.mean(accuracies):.3f} ± {statistics.stdev(accuracies):.3f}"  # S=10, 3 seeds
+    for row in table_rows(text, "ablation_h200", "", ""):
+        if row[1] != "basic (ResNet-18)":
+            assert 0.0 <= float(row[9]) <= 1.0, row  # McNemar p of seed 0
+    # the same McNemar p, recomputed from the predictions: full S=10 against basic, BreastMNIST seed 0
+    predictions = read_rows(RESULTS / "ablation_h200_predictions.csv")
+    correct = {}
+    for r in matching(predictions, dataset="breastmnist", setting="default", seed="0", split="test", num_samples="10"):
+        correct.setdefault(r["variant"], {})[r["id"]] = r["true_label"] == r["predicted_label"]
+    only_full = sum(v and not correct["basic"][i] for i, v in correct["full"].items())
+    only_basic = sum(not v and correct["basic"][i] for i, v in correct["full"].items())
+    p_value = 1.0 if only_full + only_basic == 0 else binomtest(only_full, only_full + only_basic).pvalue
+    assert full[1][9] == f"{p_value:.3g}"
+
+    published = table_rows(text, "published", "RetinaMNIST", "ResNet-18 (28)")
+    assert published[0][3:5] == ["0.717", "0.524"]
+    study = table_rows(text, "study_h200", "default", "BreastMNIST")[0]
+    run = dict(dataset="breastmnist", setting="default", variant="full", seed="0")
+    s10 = matching(metrics, **run, split="validation", num_samples="10")[0]
+    assert study[5].startswith(f"{float(s10['accuracy']):.3f} / ")
+    assert "not finished in the lease" in table_rows(text, "study_h200", "epochs60", "RetinaMNIST")[0][4]
+
+
+def matching(rows: list[dict[str, str]], **fields: str) -> list[dict[str, str]]:
+    return [r for r in rows if all(r[k] == v for k, v in fields.items())]
+
+
+def table_rows(text: str, name: str, first: str, second: str) -> list[list[str]]:
+    """The cells of the rows of a marked table whose first two cells start with the given texts."""
+    block = text.split(f"<!-- table:{name} -->\n", 1)[1].split("<!-- end -->", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines() if line.startswith("|")]
+    return [r for r in rows[2:] if r[0].startswith(first) and r[1].startswith(second)]
+
+
+def test_report_auc_and_bootstrap_agree_with_sklearn():
+    """The vectorised AUC of the bootstrap equals sklearn's roc_auc_score on the committed predictions."""
+    from sklearn.metrics import roc_auc_score
+
+    report = load_script("report")
+    runs = report.evaluations(read_rows(RESULTS / "ablation_h200_predictions.csv"))
+    for dataset in ("breastmnist", "retinamnist"):
+        run = runs[(dataset, "default", "full", "0", "10", "test")]
+        if run.probs.shape[1] == 2:
+            expected = roc_auc_score(run.true, run.probs[:, 1])
+        else:
+            expected = roc_auc_score(run.true, run.probs, multi_class="ovr", average="macro")
+        ones = np.ones((1, len(run.true)), dtype=int)
+        assert math.isclose(report.macro_auc(ones, run.true, run.probs)[0], expected, rel_tol=1e-12)
+        accuracy, auc = report.bootstrap_intervals(run.true, run.predicted, run.probs)
+        low, high = (float(x) for x in accuracy.strip("[]").split(","))
+        assert low <= float((run.true == run.predicted).mean()) <= high
+        assert report.bootstrap_intervals(run.true, run.predicted, run.probs) == (accuracy, auc)  # fixed seed
+
+
+def write_csv(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def metric_row(dataset, setting, samples, split, accuracy):
+    """A results.csv row of train_evaluate.py (a subset of its columns)."""
+    run = dict(dataset=dataset, recipe="small", setting=setting, overrides="progress_bar=false", epochs="30")
+    return run | dict(seed="0", variant="full", num_samples=samples, split=split, accuracy=accuracy, commit="0e32bb3")
+
+
+def test_collect_merges_metrics_predictions_and_curves(tmp_path):
+    """benchmarks/collect.py on two tiny train_evaluate.py folders: the three CSVs, deduplicated and complete."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    first, second = tmp_path / "job1", tmp_path / "job2"
+    write_csv(first / "results.csv", [metric_row("breastmnist", "default", s, "test", "0.5") for s in ("1", "10")])
+    write_csv(second / "results.csv", [metric_row("breastmnist", "default", "10", "test", "0.75")])  # a rerun
+    breast = first / "breastmnist_small_full_seed0"
+    write_csv(
+        breast / "test_samples1" / "predictions.csv",
+        [
+            dict(id="b_test_1", true_label="normal", predicted_label="malignant", prob_malignant="0.6")
+            | dict(prob_normal="0.4", entropy="0.67", vote_label="malignant", vote_agreement="1", prior_label="normal"),
+            dict(id="b_test_0", true_label="malignant", predicted_label="malignant", prob_malignant="0.9")
+            | dict(prob_normal="0.1", entropy="0.33", vote_label="malignant", vote_agreement="1", prior_label="normal"),
+        ],
+    )
+    retina = second / "retinamnist_small_full_no_ema_seed0"
+    write_csv(
+        retina / "validation_samples10" / "predictions.csv",
+        [
+            dict(id="r_val_0", true_label="g2", predicted_label="g1", prob_g0="0.1", prob_g1="0.5", prob_g2="0.4")
+            | dict(entropy="0.9", vote_label="g1", vote_agreement="0.6", prior_label="g2")
+        ],
+    )
+    writer = SummaryWriter(log_dir=str(breast / "tb"))
+    for epoch, value in ((6, 0.5), (7, 0.625)):
+        writer.add_scalar("accuracy", value, epoch)
+        writer.add_scalar("prior_accuracy", value + 0.25, epoch)
+    writer.add_scalar("loss", 1.0, 120)  # per iteration: not a curve
+    writer.close()
+    (tmp_path / "job1.log").write_text("a shell glob matches the logs too\n")
+
+    collect = load_script("collect")
+    results = tmp_path / "results"
+    runs = [str(first), str(second), str(tmp_path / "job1.log")]
+    paths = collect.main(["--runs", *runs, "--name", "tiny", "--results", str(results), "--commit", "d7a9c8e-dirty"])
+    assert sorted(p.name for p in results.iterdir()) == ["tiny.csv", "tiny_curves.csv", "tiny_predictions.csv"]
+    assert paths["metrics"] == results / "tiny.csv"
+
+    metrics = read_rows(results / "tiny.csv")
+    assert [(r["num_samples"], r["accuracy"], r["commit"]) for r in metrics] == [
+        ("1", "0.5", "d7a9c8e-dirty"),
+        ("10", "0.75", "d7a9c8e-dirty"),  # the later folder's row replaced the first one's
+    ]
+
+    predictions = read_rows(results / "tiny_predictions.csv")
+    assert list(predictions[0]) == collect.PREDICTION_FIELDS + ["prob_0", "prob_1", "prob_2"]
+    key = ("dataset", "setting", "variant", "seed", "num_samples", "split", "id")
+    assert [tuple(r[k] for k in key) for r in predictions] == [
+        ("breastmnist", "default", "full", "0", "1", "test", "b_test_0"),
+        ("breastmnist", "default", "full", "0", "1", "test", "b_test_1"),
+        ("retinamnist", "no_ema", "full", "0", "10", "validation", "r_val_0"),
+    ]
+    labels_and_probs = ("true_label", "predicted_label", "prior_label", "prob_0", "prob_1", "prob_2")
+    assert [tuple(r[k] for k in labels_and_probs) for r in predictions] == [
+        ("0", "0", "1", "0.9", "0.1", ""),  # class indices in the order of the prob_ columns; blank past 2 classes
+        ("1", "0", "1", "0.6", "0.4", ""),
+        ("2", "1", "2", "0.1", "0.5", "0.4"),
+    ]
+
+    curves = read_rows(results / "tiny_curves.csv")
+    assert list(curves[0]) == collect.CURVE_FIELDS
+    assert [(r["setting"], r["tag"], r["epoch"], float(r["value"])) for r in curves] == [
+        ("default", "accuracy", "6", 0.5),
+        ("default", "accuracy", "7", 0.625),
+        ("default", "prior_accuracy", "6", 0.75),
+        ("default", "prior_accuracy", "7", 0.875),
+    ]
