@@ -521,7 +521,7 @@ class Benchmark:
 
         def backbones() -> Callable[[], list[float]]:
             net = network("full")
-            return self.timer(lambda: (net.dcg(images), net.sampling_head()["encoder"](images)))
+            return self.timer(lambda: (net.dcg(images), net.sampling_head().encoder(images)))
 
         def denoiser_step() -> Callable[[], list[float]]:
             net = network("full")
@@ -531,7 +531,7 @@ class Benchmark:
             y = torch.randn(rows, columns["num_classes"], generator=generator).to(self.device)
             prior = torch.softmax(torch.randn(rows, columns["num_classes"], generator=generator), 1).to(self.device)
             t = torch.full((rows,), net.diffusion.num_train_timesteps - 1, dtype=torch.long, device=self.device)
-            denoiser = net.sampling_head()["denoiser"]
+            denoiser = net.sampling_head().denoiser
             return self.timer(lambda: denoiser(features, y, prior, t))
 
         def ids_of(measurement: str, steps: int = 0, samples: int = 0) -> dict[str, Any]:

@@ -38,9 +38,9 @@ def test_shapes_of_every_network(in_channels):
     assert guidance["global"].shape == guidance["local"].shape == guidance["fused"].shape == (5, 4)
     assert guidance["rois"].shape == (5, 2, 2) and guidance["attention"].shape == (5, 2)
     assert torch.allclose(guidance["attention"].sum(1), torch.ones(5))
-    features = net.head["encoder"](x)
+    features = net.head.encoder(x)
     assert features.shape == (5, 32)
-    eps = net.head["denoiser"](features, torch.randn(5, 4), torch.rand(5, 4), torch.randint(0, 1000, (5,)))
+    eps = net.head.denoiser(features, torch.randn(5, 4), torch.rand(5, 4), torch.randint(0, 1000, (5,)))
     assert eps.shape == (5, 4)
     with torch.no_grad():
         out = net.predict(x, torch.randn(5, 2, net.noise_draws(), 4))
@@ -118,8 +118,8 @@ def test_c2_has_no_mmd_term_and_full_has_one():
 
 def test_ema_ramps_up_and_is_used_for_sampling():
     net = tiny_net()  # ema_decay 0.9
-    weight = net.head["denoiser"].output.weight
-    averaged = net.ema.module["denoiser"].output.weight
+    weight = net.head.denoiser.output.weight
+    averaged = net.ema.module.denoiser.output.weight
     net.update_ema()  # the first update copies the weights
     assert torch.equal(averaged, weight)
     for n in range(1, 40):

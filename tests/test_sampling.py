@@ -37,7 +37,7 @@ def planted_network(sampler: dict) -> DiffMIC:
     trunk = {"depth": 10, "stem_kernel": 3, "stem_stride": 1, "stem_max_pool": False}
     guidance = {"global_trunk": trunk, "use_local_stream": False}
     network = DiffMIC(3, 1, guidance=guidance, width=4, encoder={"trunk": trunk}, ema_decay=None, sampler=sampler)
-    network.head["denoiser"] = PlantedDenoiser()
+    network.head.denoiser = PlantedDenoiser()
     return network
 
 

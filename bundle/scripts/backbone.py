@@ -129,7 +129,7 @@ def load_pretrained(
         the same network, for use inside configs.
     """
     if encoder_weights and network.use_diffusion:
-        load_backbone_weights(network.head["encoder"].trunk, encoder_weights, key_format)
+        load_backbone_weights(network.head.encoder.trunk, encoder_weights, key_format)
         if network.ema is not None:  # the EMA starts from the initial weights
             network.ema.module.load_state_dict(network.head.state_dict())
     if dcg_weights:

@@ -8,6 +8,7 @@ import pickle
 import re
 from pathlib import Path
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
@@ -127,6 +128,8 @@ class AtomicDiskSaver(DiskSaver):
         self.pending: list[str] = []  # files to delete once the next checkpoint is in place
 
     def __call__(self, checkpoint: dict, filename: str, metadata: dict | None = None) -> None:
+        if idist.get_rank() != self.save_on_rank:  # several processes: only rank 0 writes, as ignite's DiskSaver
+            return
         path = self.dirname / (self.filename or filename)
         partial = path.with_name(f"{path.name}.partial")
         torch.save(checkpoint, partial)

@@ -8,7 +8,7 @@ from torch import nn
 
 from .backbone import ResNetTrunk
 
-__all__ = ["ImageEncoder", "TimestepGatedLinear", "ConditionalDenoiser"]
+__all__ = ["ImageEncoder", "TimestepGatedLinear", "ConditionalDenoiser", "DiffusionHead"]
 
 
 class ImageEncoder(nn.Module):
@@ -83,3 +83,38 @@ class ConditionalDenoiser(nn.Module):
         h = F.softplus(self.norm2(self.layer2(h, t)))
         h = F.softplus(self.norm3(self.layer3(h, t)))
         return self.output(h)
+
+
+class DiffusionHead(nn.Module):
+    """The trained part of the diffusion: the image encoder rho(x) and the noise predictor.
+
+    Sampling calls :attr:`encoder` once and :attr:`denoiser` once per step. ``forward`` is the training
+    pass of one step, so that one ``DistributedDataParallel`` around this module synchronises the
+    gradients of both.
+
+    Args:
+        encoder: the image encoder.
+        denoiser: the noise predictor.
+    """
+
+    def __init__(self, encoder: ImageEncoder, denoiser: ConditionalDenoiser) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.denoiser = denoiser
+
+    def forward(self, images: torch.Tensor, y_t: torch.Tensor, prior: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Predicted noise of several prior streams from one encoder pass.
+
+        Args:
+            images: shape (B, C, H, W).
+            y_t: noisy label vectors, shape (streams, N, num_classes), N = B x (t, eps) draws per image,
+                image-major within each draw (rows i, B + i, 2B + i, ... belong to image i).
+            prior: each stream's prior, shape (streams, N, num_classes).
+            t: timesteps, shape (N,).
+
+        Returns:
+            the predicted noise, shape (streams, N, num_classes); each stream is its own denoiser batch
+            (its own BatchNorm statistics).
+        """
+        features = self.encoder(images).repeat(y_t.shape[1] // images.shape[0], 1)
+        return torch.stack([self.denoiser(features, y_t[i], prior[i], t) for i in range(y_t.shape[0])])

@@ -48,6 +48,9 @@ class DiffMICTrainer(SupervisedTrainer):
         on_nonfinite: what a NaN or infinite loss does: ``stop`` raises an error naming the epoch,
             iteration and loss term before the step is applied (checkpoints on disk stay as they were);
             ``skip`` leaves the step of that loss out with a warning (counted in ``skipped_steps``).
+        dcg_network: the module the DCG steps call: ``network.dcg`` (None) or a DistributedDataParallel
+            around it (configs/multi_gpu_train.yaml).
+        head_network: likewise for ``network.head``, the encoder and denoiser.
         other arguments: as :class:`monai.engines.SupervisedTrainer`.
     """
 
@@ -62,9 +65,13 @@ class DiffMICTrainer(SupervisedTrainer):
         grad_clip: float | None = 1.0,
         seed: int | None = None,
         on_nonfinite: str = "stop",
+        dcg_network: torch.nn.Module | None = None,
+        head_network: torch.nn.Module | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.dcg_network = dcg_network
+        self.head_network = head_network
         self.seed = seed
         if seed is not None:
             self.add_event_handler(Events.EPOCH_STARTED, self.reseed)
@@ -90,7 +97,10 @@ class DiffMICTrainer(SupervisedTrainer):
         EPOCH_STARTED), so the shuffle order, the augmentation and the diffusion noise of an epoch depend
         on the seed and the epoch alone.
         """
-        epoch_seed = zlib.crc32(f"{self.seed}:epoch:{self.state.epoch}".encode())
+        key = f"{self.seed}:epoch:{self.state.epoch}"
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            key += f":rank:{torch.distributed.get_rank()}"  # each process augments its own images differently
+        epoch_seed = zlib.crc32(key.encode())
         torch.manual_seed(epoch_seed)
         np.random.seed(epoch_seed)
         random.seed(epoch_seed)
@@ -133,7 +143,7 @@ class DiffMICTrainer(SupervisedTrainer):
         saved_dcg = _snapshot(model.dcg) if skip else []
 
         # DCG step: one forward whose detached softmaxes are also the diffusion priors
-        guidance = engine.inferer(images, model.dcg)
+        guidance = engine.inferer(images, engine.dcg_network or model.dcg)
         # without the local stream the three logits are one tensor
         heads = ("global", "local", "fused") if model.dcg.use_local_stream else ("global",)
         loss_ce = sum(engine.loss_function(guidance[k], labels) for k in heads)
@@ -172,15 +182,13 @@ class DiffMICTrainer(SupervisedTrainer):
         """Noise MSE on the fused-prior stream and the summed MMD of the global and local streams."""
         draws = self.noise_draws
         priors = {k: v.detach().repeat(draws, 1) for k, v in priors.items()}
-        features = model.head["encoder"](images).repeat(draws, 1)
         y0 = F.one_hot(labels, model.num_classes).float().repeat(draws, 1)
         t = torch.randint(0, model.diffusion.num_train_timesteps, (y0.shape[0],), device=y0.device)
         eps = torch.randn_like(y0)
         streams = ("fused", "global", "local") if self.mmd_weight > 0 else ("fused",)
-        eps_hat = {
-            k: model.head["denoiser"](features, model.diffusion.add_noise(y0, priors[k], eps, t), priors[k], t)
-            for k in streams
-        }
+        y_t = torch.stack([model.diffusion.add_noise(y0, priors[k], eps, t) for k in streams])
+        head = self.head_network or model.head
+        eps_hat = dict(zip(streams, head(images, y_t, torch.stack([priors[k] for k in streams]), t), strict=True))
         loss_noise = F.mse_loss(eps_hat["fused"], eps)
         if self.mmd_weight == 0:
             return loss_noise, torch.zeros_like(loss_noise)

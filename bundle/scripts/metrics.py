@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from ignite.exceptions import NotComputableError
 from ignite.metrics import EpochMetric
 from monai.handlers import from_engine
 from sklearn.metrics import (
@@ -22,6 +23,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     roc_auc_score,
 )
+
+from .distributed import gather_rows
 
 __all__ = [
     "accuracy",
@@ -162,7 +165,21 @@ def uncertainty_report(y_pred, y, uncertainty, coverages: Sequence[float] = (0.5
     return {"error_auroc": error_auroc, "accuracy_at_coverage": at_coverage, "mean": float(u.mean())}
 
 
-def split_metric(name: str, source: str = "pred") -> EpochMetric:
+class SplitMetric(EpochMetric):
+    """ignite's :class:`~ignite.metrics.EpochMetric` gathering a different number of images from each process
+    (a validation split shared out without padding, so that no image counts twice); every process computes
+    the same value from all images."""
+
+    def compute(self) -> float:
+        if not self._predictions or not self._targets:
+            raise NotComputableError(f"{type(self).__name__} must have at least one example before it can be computed.")
+        if self._result is None:
+            predictions = gather_rows(torch.cat(self._predictions, dim=0))
+            self._result = self.compute_fn(predictions, gather_rows(torch.cat(self._targets, dim=0)))
+        return self._result
+
+
+def split_metric(name: str, source: str = "pred") -> SplitMetric:
     """An ignite metric over the whole split of engine outputs ``source`` (``pred`` or ``prior``) and ``label``.
 
     Args:
@@ -170,7 +187,7 @@ def split_metric(name: str, source: str = "pred") -> EpochMetric:
             ``auc`` (macro one-vs-rest).
         source: the output key holding (N, C) class probabilities.
     """
-    return EpochMetric(METRICS[name], from_engine([source, "label"]), check_compute_fn=False)
+    return SplitMetric(METRICS[name], from_engine([source, "label"]), check_compute_fn=False)
 
 
 def majority_baseline(labels: Sequence[int], num_classes: int) -> dict[str, float | None]:

@@ -5,7 +5,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from .dcg import DualGranularityGuidance
-from .denoiser import ConditionalDenoiser, ImageEncoder
+from .denoiser import ConditionalDenoiser, DiffusionHead, ImageEncoder
 from .diffusion import PriorShiftedDiffusion
 from .sampler import ReverseSampler
 
@@ -89,11 +89,9 @@ class DiffMIC(nn.Module):
         self.ema = None
         if use_diffusion:
             self.diffusion = PriorShiftedDiffusion(**(diffusion or {}))
-            self.head = nn.ModuleDict(
-                {
-                    "encoder": ImageEncoder(in_channels, width, **(encoder or {})),
-                    "denoiser": ConditionalDenoiser(num_classes, width, self.diffusion.num_train_timesteps),
-                }
+            self.head = DiffusionHead(
+                ImageEncoder(in_channels, width, **(encoder or {})),
+                ConditionalDenoiser(num_classes, width, self.diffusion.num_train_timesteps),
             )
             if ema_decay is not None:
                 self.ema = ExponentialMovingAverage(self.head, avg_fn=warmup_ema(ema_decay), use_buffers=True)
@@ -114,21 +112,21 @@ class DiffMIC(nn.Module):
         if self.ema is not None:
             self.ema.update_parameters(self.head)
 
-    def sampling_head(self) -> nn.ModuleDict:
+    def sampling_head(self) -> DiffusionHead:
         """The encoder and denoiser used for sampling: the EMA copy when there is one."""
         return self.ema.module if self.ema is not None else self.head
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """rho(x) from the sampling head's encoder (the EMA copy when there is one)."""
         if self.has_ema:
-            return self.ema.module["encoder"](images)
-        return self.head["encoder"](images)
+            return self.ema.module.encoder(images)
+        return self.head.encoder(images)
 
     def denoise(self, features: torch.Tensor, y_t: torch.Tensor, prior: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The noise the sampling head's denoiser predicts in y_t at timesteps t."""
         if self.has_ema:
-            return self.ema.module["denoiser"](features, y_t, prior, t)
-        return self.head["denoiser"](features, y_t, prior, t)
+            return self.ema.module.denoiser(features, y_t, prior, t)
+        return self.head.denoiser(features, y_t, prior, t)
 
     @torch.jit.export
     def noise_draws(self) -> int:

@@ -36,7 +36,7 @@ def reverse_chain_states(
         images = batch["image"][: max_images - seen].to(device)
         ids = list(batch["id"])[: images.shape[0]]
         prior = model.priors(model.dcg(images))["fused"]
-        features = model.sampling_head()["encoder"](images)
+        features = model.sampling_head().encoder(images)
         noise = inferer.noise(ids, model.noise_draws(), model.num_classes, device)[:, :1]
         _, path = model.sample(features, prior, noise, trajectory=True)
         states.append(torch.stack([p[:, 0] for p in path]).cpu())
