@@ -631,6 +631,8 @@ class Benchmark:
         """
         from ignite.engine import Events
 
+        from scripts.engine import scalar_terms
+
         batches = [random_batch(columns, info, self.device, i) for i in range(self.warmup + self.repeats)]
         extra = {
             "train#dataloader": "$speed_batches",
@@ -656,7 +658,7 @@ class Benchmark:
 
         def run() -> list[float]:
             trainer.run()
-            if variant != "basic" and "loss_noise" not in trainer.state.output:
+            if variant != "basic" and "loss_noise" not in scalar_terms(trainer.state.output):
                 raise RuntimeError("the trainer did not take a joint step")
             return times[self.warmup :]
 

@@ -100,6 +100,28 @@ def test_torchscript_export_runs_the_whole_reverse_sampling_like_the_eager_model
     assert json.loads(extra["breastmnist.json"])["class_names"] == ["malignant", "normal_or_benign"]
 
 
+def test_inference_postprocessing_gives_the_class_index_beside_the_probabilities(trained_bundle, tmp_path):
+    """inference.yaml's evaluator decollates and post-processes each image: ``pred`` keeps the probabilities
+    (MONAI Label's scores), ``pred_label`` is their argmax."""
+    from ignite.engine import Events
+    from PIL import Image
+
+    with np.load(require_data("medmnist/breastmnist.npz") / "medmnist" / "breastmnist.npz") as arrays:
+        for i, pixels in enumerate(arrays["test_images"][:5]):
+            Image.fromarray(pixels).save(tmp_path / f"image_{i}.png")
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / c) for c in INFERENCE])
+    parser.update(dict(NETWORK, dataset_dir=str(tmp_path), output_dir=str(tmp_path / "out"), num_workers=0))
+    parser.update({"ckpt_path": str(trained_bundle["dir"] / "models" / "model.pt"), "device": "$torch.device('cpu')"})
+    evaluator, items = parser.get_parsed_content("evaluator"), []
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: items.extend(engine.state.output))
+    evaluator.run()
+    assert len(items) == 5
+    for item in items:
+        assert item["pred"].shape == (2,) and float(item["pred"].sum()) == pytest.approx(1.0, abs=1e-5)
+        assert item["pred_label"].shape == (1,) and int(item["pred_label"]) == int(item["pred"].argmax())
+
+
 def test_deploy_bundle_operator_calling_convention(exported, trained_bundle, tmp_path):
     """What MONAI Deploy's MonaiBundleInferenceOperator (app SDK 4.0) does with model.ts, step by step: the
     configs from the archive, the preprocessing without LoadImage on an in-memory image, the inferer called

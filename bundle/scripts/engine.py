@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from ignite.engine import Events
 from monai.data.utils import set_rnd
-from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.engines import IterationEvents, SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import ValidationHandler
 from monai.utils.enums import CommonKeys as Keys
 from torch.optim import Optimizer
@@ -130,7 +130,14 @@ class DiffMICTrainer(SupervisedTrainer):
             "rates, or set on_nonfinite: skip to leave such steps out."
         )
 
-    def _iteration(self, engine: DiffMICTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+    def _iteration(self, engine: DiffMICTrainer, batchdata: dict[str, torch.Tensor]) -> dict | list[dict]:
+        engine.state.output = engine._step(engine, batchdata)
+        # as MONAI's engines: decollation (decollate: true) and postprocessing run on this event
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+    def _step(self, engine: DiffMICTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+        """One iteration: a DCG step, then (after the warm-up) an encoder and denoiser step; returns the output."""
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         images, labels = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
@@ -241,12 +248,20 @@ class DiffMICEvaluator(SupervisedEvaluator):
         output.update({k: out[k] for k in ("denoised", "vote", "agreement", "entropy", "saliency", "rois")})
         if labels is not None:
             output[Keys.LABEL] = labels.reshape(-1).long()
-        return output
+        engine.state.output = output
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)  # decollation and postprocessing, as in MONAI's engines
+        return engine.state.output
 
 
-def scalar_terms(output: dict) -> dict[str, float]:
-    """The loss terms and learning rates of a trainer iteration, for StatsHandler and TensorBoard."""
-    return {k: float(v) for k, v in output.items() if k.startswith(("loss", "lr"))}
+def scalar_terms(output: dict | list[dict]) -> dict[str, float]:
+    """The loss terms and learning rates of a trainer iteration, for StatsHandler and TensorBoard.
+
+    Args:
+        output: the iteration's output, or its per-image items (``decollate: true``, as MONAI's default
+            tracking handlers expect), which all carry the same scalars.
+    """
+    first = output[0] if isinstance(output, list) else output
+    return {k: float(v) for k, v in first.items() if k.startswith(("loss", "lr"))}
 
 
 class JointValidationHandler(ValidationHandler):
