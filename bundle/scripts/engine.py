@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import zlib
 from collections.abc import Sequence
@@ -150,7 +151,9 @@ class DiffMICTrainer(SupervisedTrainer):
         saved_dcg = _snapshot(model.dcg) if skip else []
 
         # DCG step: one forward whose detached softmaxes are also the diffusion priors
-        guidance = engine.inferer(images, engine.dcg_network or model.dcg)
+        with engine.autocast():
+            guidance = engine.inferer(images, engine.dcg_network or model.dcg)
+        guidance = {k: v.float() if v.is_floating_point() else v for k, v in guidance.items()}
         # without the local stream the three logits are one tensor
         heads = ("global", "local", "fused") if model.dcg.use_local_stream else ("global",)
         loss_ce = sum(engine.loss_function(guidance[k], labels) for k in heads)
@@ -160,9 +163,7 @@ class DiffMICTrainer(SupervisedTrainer):
         if not engine.finite(loss_ce=loss_ce):
             _restore(saved_dcg)
             return output
-        engine.dcg_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        loss_ce.backward()
-        engine.dcg_optimizer.step()
+        engine.backward_step(loss_ce, engine.dcg_optimizer)
         if engine.in_warmup():
             return output
 
@@ -173,15 +174,31 @@ class DiffMICTrainer(SupervisedTrainer):
         if not engine.finite(loss_noise=loss_noise, loss_mmd=loss_mmd):
             _restore(saved_head)  # the DCG step of this iteration was taken
             return output
-        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        loss.backward()
-        if engine.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.head.parameters(), engine.grad_clip)
-        engine.optimizer.step()
+        engine.backward_step(loss, engine.optimizer, clip=model.head.parameters())
         model.update_ema()
         output["lr_denoiser"] = engine.optimizer.param_groups[0]["lr"]
         output[Keys.LOSS] = (loss_ce + loss).detach()
         return output
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision for the forward passes when ``amp`` is on (CUDA), else nothing."""
+        return torch.autocast("cuda", **self.amp_kwargs) if self.amp else contextlib.nullcontext()
+
+    def backward_step(self, loss: torch.Tensor, optimizer: Optimizer, clip=None) -> None:
+        """Backward and one step of ``optimizer``, through the gradient scaler under ``amp``; ``clip``: the
+        parameters whose gradient norm is clipped to ``grad_clip`` first (unscaled)."""
+        optimizer.zero_grad(set_to_none=self.optim_set_to_none)
+        scaler = self.scaler if self.amp else None
+        (scaler.scale(loss) if scaler else loss).backward()
+        if clip is not None and self.grad_clip is not None:
+            if scaler:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(clip, self.grad_clip)
+        if scaler:  # each optimizer has its own backward pass: step and update the scale per step
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
 
     def _diffusion_loss(
         self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, priors: dict[str, torch.Tensor]
@@ -195,7 +212,9 @@ class DiffMICTrainer(SupervisedTrainer):
         streams = ("fused", "global", "local") if self.mmd_weight > 0 else ("fused",)
         y_t = torch.stack([model.diffusion.add_noise(y0, priors[k], eps, t) for k in streams])
         head = self.head_network or model.head
-        eps_hat = dict(zip(streams, head(images, y_t, torch.stack([priors[k] for k in streams]), t), strict=True))
+        with self.autocast():
+            predicted = head(images, y_t, torch.stack([priors[k] for k in streams]), t)
+        eps_hat = dict(zip(streams, predicted.float(), strict=True))  # the losses in float32
         loss_noise = F.mse_loss(eps_hat["fused"], eps)
         if self.mmd_weight == 0:
             return loss_noise, torch.zeros_like(loss_noise)
