@@ -1,0 +1,3 @@
+from .infers import DiffMICClassification
+
+__all__ = ["DiffMICClassification"]
