@@ -1,7 +1,7 @@
 """Collects the output folders of train_evaluate.py runs into three CSVs of benchmarks/results/.
 
 A GPU lease (``benchmarks/gpu_ablation.sh``) leaves one train_evaluate.py folder per job; this script merges
-them into ``<results>/<name>.csv`` (every metric row, one per evaluation), ``<name>_predictions.csv`` (every
+them into ``<results>/<name>.csv`` (every metric row, one per evaluation), ``<name>_predictions.csv.gz`` (every
 image of every evaluation: labels and class probabilities, for confidence intervals and paired tests) and
 ``<name>_curves.csv`` (the per-epoch validation metrics that training logged to TensorBoard). Each file is
 written to ``<file>.partial`` and then renamed, so an interrupted run never leaves half a file::
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -217,11 +218,12 @@ def write_csv(path: Path, rows: Sequence[dict[str, str]], fields: Sequence[str])
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", newline="") as f:
+    opener = gzip.open if path.suffix == ".gz" else open  # the per-image rows are compressed: a large table
+    with opener(partial, "wt", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(fields), restval="")
         writer.writeheader()
         writer.writerows(rows)
-        f.flush()
+    with open(partial, "rb") as f:
         os.fsync(f.fileno())
     partial.replace(path)
 
@@ -243,7 +245,7 @@ def collect(folders: Sequence[Path], name: str, results: Path, commit: str | Non
     predictions, prediction_fields = prediction_rows(runs)
     paths = {
         "metrics": results / f"{name}.csv",
-        "predictions": results / f"{name}_predictions.csv",
+        "predictions": results / f"{name}_predictions.csv.gz",
         "curves": results / f"{name}_curves.csv",
     }
     write_csv(paths["metrics"], metrics, union_fields(metrics))

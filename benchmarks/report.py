@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import re
 import statistics
 from collections.abc import Callable, Sequence
@@ -88,7 +89,8 @@ EvaluationKey = tuple[str, str, str, str, str, str]  # dataset, setting, variant
 
 
 def read(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
+    """The rows of a CSV file, gzip-compressed when its name ends in ``.gz``."""
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rt", newline="") as f:
         return list(csv.DictReader(f))
 
 
@@ -483,7 +485,7 @@ def draw_curves(curves: Sequence[dict[str, str]], path: Path) -> None:
 TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "speed_h200": (("speed_h200.csv",), speed_table),
     "evaluation_h200": (("train_evaluate_h200.csv",), evaluation_table),
-    "ablation_h200": (("ablation_h200.csv", "ablation_h200_predictions.csv"), ablation_table),
+    "ablation_h200": (("ablation_h200.csv", "ablation_h200_predictions.csv.gz"), ablation_table),
     "published": (("ablation_h200.csv",), published_table),
     "study_h200": (("ablation_h200.csv", "ablation_h200_curves.csv"), study_table),
 }

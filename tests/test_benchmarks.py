@@ -1,6 +1,7 @@
 """The benchmark scripts in their tiny modes: one CSV row per measurement, sane numbers, resumable."""
 
 import csv
+import gzip
 import importlib.util
 import math
 import statistics
@@ -26,7 +27,7 @@ def load_script(name: str):
 
 
 def read_rows(path):
-    with open(path, newline="") as f:
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "rt", newline="") as f:
         return list(csv.DictReader(f))
 
 
@@ -131,7 +132,7 @@ def test_report_rebuilds_the_tables_from_the_committed_csvs(tmp_path):
         if row[1] != "basic (ResNet-18)":
             assert 0.0 <= float(row[9]) <= 1.0, row  # McNemar p of seed 0
     # the same McNemar p, recomputed from the predictions: full S=10 against basic, BreastMNIST seed 0
-    predictions = read_rows(RESULTS / "ablation_h200_predictions.csv")
+    predictions = read_rows(RESULTS / "ablation_h200_predictions.csv.gz")
     correct = {}
     for r in matching(predictions, dataset="breastmnist", setting="default", seed="0", split="test", num_samples="10"):
         correct.setdefault(r["variant"], {})[r["id"]] = r["true_label"] == r["predicted_label"]
@@ -165,7 +166,7 @@ def test_report_auc_and_bootstrap_agree_with_sklearn():
     from sklearn.metrics import roc_auc_score
 
     report = load_script("report")
-    runs = report.evaluations(read_rows(RESULTS / "ablation_h200_predictions.csv"))
+    runs = report.evaluations(read_rows(RESULTS / "ablation_h200_predictions.csv.gz"))
     for dataset in ("breastmnist", "retinamnist"):
         run = runs[(dataset, "default", "full", "0", "10", "test")]
         if run.probs.shape[1] == 2:
@@ -231,7 +232,7 @@ def test_collect_merges_metrics_predictions_and_curves(tmp_path):
     results = tmp_path / "results"
     runs = [str(first), str(second), str(tmp_path / "job1.log")]
     paths = collect.main(["--runs", *runs, "--name", "tiny", "--results", str(results), "--commit", "d7a9c8e-dirty"])
-    assert sorted(p.name for p in results.iterdir()) == ["tiny.csv", "tiny_curves.csv", "tiny_predictions.csv"]
+    assert sorted(p.name for p in results.iterdir()) == ["tiny.csv", "tiny_curves.csv", "tiny_predictions.csv.gz"]
     assert paths["metrics"] == results / "tiny.csv"
 
     metrics = read_rows(results / "tiny.csv")
@@ -240,7 +241,7 @@ def test_collect_merges_metrics_predictions_and_curves(tmp_path):
         ("10", "0.75", "d7a9c8e-dirty"),  # the later folder's row replaced the first one's
     ]
 
-    predictions = read_rows(results / "tiny_predictions.csv")
+    predictions = read_rows(results / "tiny_predictions.csv.gz")
     assert list(predictions[0]) == collect.PREDICTION_FIELDS + ["prob_0", "prob_1", "prob_2"]
     key = ("dataset", "setting", "variant", "seed", "num_samples", "split", "id")
     assert [tuple(r[k] for k in key) for r in predictions] == [
