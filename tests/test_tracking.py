@@ -1,12 +1,11 @@
 """Experiment tracking: `monai.bundle run --tracking configs/mlflow.yaml` records hyperparameters and metrics."""
 
-import os
 import re
 
 import pytest
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
 
-from conftest import BUNDLE, DATA_DIR, TINY, require_data
+from conftest import BUNDLE, TINY, bundle_configs, require_data, train_workflow
 
 mlflow = pytest.importorskip("mlflow", reason="mlflow is in requirements.txt; install it to test tracking")
 
@@ -31,24 +30,8 @@ def test_training_with_mlflow_tracking_records_hyperparameters_and_validation_me
     require_data("medmnist/breastmnist.npz")
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")  # no network here; nothing to report anyway
     overrides = dict(TINY, max_epochs=1, warmup_epochs=0, width=32, progress_bar=False)
-    cwd = os.getcwd()
-    os.chdir(BUNDLE)
-    try:
-        workflow = ConfigWorkflow(
-            config_file=["configs/train.yaml", "configs/data/breastmnist.yaml", "configs/small.yaml"],
-            workflow_type="train",
-            run_id="training",
-            tracking=str(BUNDLE / "configs" / "mlflow.yaml"),
-            data_root=str(DATA_DIR),
-            output_dir=str(tmp_path / "eval"),
-            model_dir=str(tmp_path / "models"),
-            **overrides,
-        )
-        workflow.initialize()
-        workflow.run()
-        workflow.finalize()
-    finally:
-        os.chdir(cwd)
+    tracking = str(BUNDLE / "configs" / "mlflow.yaml")
+    train_workflow(bundle_configs("train", "data/breastmnist", "small"), tmp_path, tracking=tracking, **overrides)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'eval' / 'mlruns.db'}")
     experiment = client.get_experiment_by_name("diffmic")
     (run,) = client.search_runs([experiment.experiment_id])
