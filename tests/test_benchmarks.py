@@ -264,3 +264,60 @@ def test_collect_merges_metrics_predictions_and_curves(tmp_path):
         ("default", "prior_accuracy", "6", 0.75),
         ("default", "prior_accuracy", "7", 0.875),
     ]
+
+
+def test_sampling_steps_rows_agree_with_the_evaluation_inferer_and_resume(tmp_path, trained_bundle):
+    """benchmarks/sampling_steps.py on the session's tiny bundle: every (K, S, start) row once, the full chain as
+    reference, K = 10 equal to DiffMICInferer's own pass over the test loader, and a deleted row recomputed alone."""
+    import torch
+
+    from conftest import TINY
+    from scripts.checkpoint import load_weights
+
+    script = load_script("sampling_steps")
+    run = tmp_path / "breastmnist_small_full_seed0"
+    run.mkdir()
+    (run / "models").symlink_to(trained_bundle["dir"] / "models")
+    out = tmp_path / "steps.csv"
+    args = ["--runs", str(run), "--tiny", "--steps", "1", "10", "--device", "cpu", "--out", str(out), "--set"]
+    args += [f"{k}={v}" for k, v in TINY.items() if k != "seed"]
+    written = script.main(args)
+    rows = read_rows(out)
+    assert rows == written and list(rows[0]) == script.COLUMNS
+    total = 1000
+    expected = {("ddim", k, s, "noise") for k in (1, 10, total) for s in (1, 2)}
+    expected |= {("ddim", k, 1, "prior_mean") for k in (1, 10, total)}
+    assert sorted((r["sampler"], int(r["steps"]), int(r["samples"]), r["start"]) for r in rows) == sorted(expected)
+    for row in rows:
+        assert row["images"] == "156" and row["split"] == "test"
+        agreement = float(row["agreement_full_chain"])
+        assert agreement == 1.0 if int(row["steps"]) == total else 0.0 <= agreement <= 1.0
+        assert 0.0 <= float(row["accuracy"]) <= 1.0 and positive_finite(row["sample_seconds"])
+    assert len({(r["prior_accuracy"], r["prior_auc"]) for r in rows}) == 1  # one backbone pass per split
+
+    # the config's own sampler (DDIM, K = 10) with 2 samples, as `run evaluating` computes it batch by batch
+    parser = script.load_parser(script.Run(run), "test", dict(TINY))
+    network = parser.get_parsed_content("network_def")
+    load_weights(network, str(run / "models" / "model.pt"), "cpu")
+    inferer = parser.get_parsed_content("validate#inferer")
+    inferer.num_samples = 2
+    probs, labels = [], []
+    with torch.no_grad():
+        for batch in parser.get_parsed_content("validate#dataloader"):
+            probs.append(inferer(batch["image"], network.eval(), ids=batch["id"]))
+            labels.append(torch.as_tensor(batch["label"]).reshape(-1))
+    accuracy = float((torch.cat(probs).argmax(1) == torch.cat(labels)).float().mean())
+    (k10,) = matching(rows, sampler="ddim", steps="10", samples="2", start="noise")
+    assert math.isclose(float(k10["accuracy"]), accuracy, abs_tol=1e-6)
+
+    assert script.main(args) == []  # everything recorded
+    kept = [r for r in rows if (r["steps"], r["samples"], r["start"]) != ("1", "2", "noise")]
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=script.COLUMNS)
+        writer.writeheader()
+        writer.writerows(kept)
+    (again,) = script.main(args)  # the missing row, with its group's full chain recomputed as reference
+    (before,) = matching(rows, steps="1", samples="2", start="noise")
+    assert {k: again[k] for k in ("accuracy", "agreement_full_chain")} == {
+        k: before[k] for k in ("accuracy", "agreement_full_chain")
+    }

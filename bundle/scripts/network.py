@@ -96,11 +96,18 @@ class DiffMIC(nn.Module):
             if ema_decay is not None:
                 self.ema = ExponentialMovingAverage(self.head, avg_fn=warmup_ema(ema_decay), use_buffers=True)
                 self.ema.requires_grad_(False)  # updated by averaging, never by an optimizer
-        # the chain, fixed here so that TorchScript compiles it: its timesteps, its eta, its draws per chain
-        self.sampler = ReverseSampler(**(sampler or {}))
-        self.chain_timesteps = self.sampler.timesteps(self.diffusion) if use_diffusion else []
-        self.chain_eta = self.sampler.eta
-        self.chain_draws = self.sampler.num_draws(self.diffusion) if use_diffusion else 1
+        self.use_sampler(ReverseSampler(**(sampler or {})))
+
+    def use_sampler(self, sampler: ReverseSampler) -> None:
+        """Makes ``sampler`` the reverse chain of :meth:`sample` (a script keeps the chain it was compiled with).
+
+        The chain's timesteps, eta and draws per chain are attributes, not read from ``sampler`` at each
+        call, so that TorchScript compiles them.
+        """
+        self.sampler = sampler
+        self.chain_timesteps = sampler.timesteps(self.diffusion) if self.use_diffusion else []
+        self.chain_eta = sampler.eta
+        self.chain_draws = sampler.num_draws(self.diffusion) if self.use_diffusion else 1
 
     @staticmethod
     def priors(guidance: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

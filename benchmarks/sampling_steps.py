@@ -1,0 +1,265 @@
+"""Accuracy against the number of reverse steps K, and which K agrees with the full chain.
+
+For each trained run (a ``train_evaluate.py`` folder ``<dataset>_<recipe>_<variant>[_<setting>]_seed<S>/``
+with ``models/model.pt``), the network is built from the bundle's configs of that dataset and recipe and
+its checkpoint loaded; the DCG and the encoder run once per image of each split, then every sampler
+setting samples the same images with the noise evaluation uses (``DiffMICInferer``: seeded per image id):
+
+- DDIM with K strided steps (``--steps``, default 1 2 5 10 20 50 100 and T, the full chain), from
+  N(prior, I) with S = 1 and 10 samples per image (``--samples``), and deterministically from the prior
+  mean (``start = prior_mean``: the initial draw set to 0, one sample);
+- DDPM: ancestral steps through all T timesteps (``--ddpm``), S as above.
+
+One CSV row per (run, split, sampler, K, S, start) is appended to ``--out`` as it finishes, with ACC,
+macro-F1 and AUC of the mean probabilities, the prior's, the agreement of the predicted labels with the
+full chain's (DDIM, K = T, same S and start: same initial draws), and the sampling seconds (backbones
+excluded). Rows already in the file are skipped, so an interrupted run resumes.
+
+    python benchmarks/sampling_steps.py --runs /tmp/te/breastmnist_small_full_seed0 --splits validation test
+    python benchmarks/sampling_steps.py --runs /tmp/te/breastmnist_small_full_seed0 --tiny   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundle"
+RESULTS = REPO / "benchmarks" / "results"
+RUN_NAME = re.compile(r"(?P<dataset>[a-z0-9]+)_(?P<recipe>small|paper)_(?P<variant>C1|C2|full)(?:_(?P<setting>.+))?")
+STEPS = (1, 2, 5, 10, 20, 50, 100)  # and T, the full chain
+TINY_STEPS = (1, 2, 5)  # and T
+KEY = ("run", "split", "sampler", "steps", "samples", "start")
+COLUMNS = [
+    "dataset",
+    "recipe",
+    "variant",
+    "setting",
+    "seed",
+    "run",
+    "split",
+    "images",
+    "sampler",
+    "steps",
+    "samples",
+    "start",
+    "accuracy",
+    "macro_f1",
+    "auc",
+    "agreement_full_chain",
+    "prior_accuracy",
+    "prior_macro_f1",
+    "prior_auc",
+    "sample_seconds",
+    "backbone_seconds",
+    "commit",
+    "device",
+]
+
+
+class Run:
+    """A trained ``train_evaluate.py`` run, identified by its folder name.
+
+    Args:
+        path: the run folder (``<dataset>_<recipe>_<variant>[_<setting>]_seed<S>``), holding ``models/model.pt``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        name, _, seed = path.name.rpartition("_seed")
+        match = RUN_NAME.fullmatch(name)
+        if not match or not seed.isdigit():
+            raise ValueError(f"{path}: not a train_evaluate.py run folder (<dataset>_<recipe>_<variant>_seed<S>)")
+        self.path, self.name, self.seed = path, path.name, int(seed)
+        self.dataset, self.recipe, self.variant = match["dataset"], match["recipe"], match["variant"]
+        self.setting = match["setting"] or "default"
+        self.checkpoint = path / "models" / "model.pt"
+        if not self.checkpoint.is_file():
+            raise FileNotFoundError(f"{path}: no models/model.pt (training unfinished or failed?)")
+
+    def configs(self) -> list[str]:
+        """The config files the run was trained with, then evaluate.yaml (relative to the bundle folder)."""
+        small = ["configs/small.yaml"] if self.recipe == "small" else []
+        return ["configs/train.yaml", f"configs/data/{self.dataset}.yaml", *small, "configs/evaluate.yaml"]
+
+
+def load_parser(run: Run, split: str, overrides: dict):
+    """The evaluation config of ``run`` on ``split``, parsed from the bundle folder (where ``scripts`` imports)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / c) for c in run.configs()])
+    parser.update({"bundle_root": str(BUNDLE), "seed": run.seed, "variant": run.variant, "eval_split": split})
+    parser.update(overrides)
+    return parser
+
+
+@torch.no_grad()
+def backbone_outputs(network, dataloader, device: torch.device) -> dict:
+    """Fused prior, rho(x), labels and ids of every image, from one pass of the DCG and the encoder."""
+    priors, features, labels, ids = [], [], [], []
+    for batch in dataloader:
+        images = batch["image"].to(device)
+        priors.append(network.priors(network.dcg(images))["fused"])
+        features.append(network.encode(images))
+        labels.append(torch.as_tensor(batch["label"]).reshape(-1).long())
+        ids += [str(i) for i in batch["id"]]
+    return {"prior": torch.cat(priors), "features": torch.cat(features), "labels": torch.cat(labels), "ids": ids}
+
+
+@torch.no_grad()
+def sample_probabilities(network, inferer, outputs: dict, start: str, chunk: int = 512) -> torch.Tensor:
+    """Mean class probabilities of ``inferer.num_samples`` chains per image with the network's sampler.
+
+    Args:
+        start: ``noise`` (from N(prior, I), the per-image draws evaluation uses) or ``prior_mean``
+            (every draw 0: the chain starts at the prior and, with eta = 0, is deterministic).
+    """
+    from scripts.uncertainty import summarize_samples
+
+    probs = []
+    for first in range(0, len(outputs["ids"]), chunk):
+        ids = outputs["ids"][first : first + chunk]
+        prior = outputs["prior"][first : first + chunk]
+        noise = inferer.noise(ids, network.noise_draws(), network.num_classes, prior.device)
+        if start == "prior_mean":
+            noise = torch.zeros_like(noise)
+        denoised, _ = network.sample(outputs["features"][first : first + chunk], prior, noise)
+        probs.append(summarize_samples(denoised)["probs"])
+    return torch.cat(probs)
+
+
+def settings(steps: Sequence[int], samples: Sequence[int], ddpm: bool, total: int) -> list[tuple[str, int, int, str]]:
+    """(sampler, K, S, start) of every row; the full chain (DDIM, K = T) first within each (S, start) group."""
+    ks = [total] + [k for k in steps if k != total]
+    rows = [("ddim", k, s, "noise") for s in samples for k in ks]
+    rows += [("ddim", k, 1, "prior_mean") for k in ks]
+    rows += [("ddpm", total, s, "noise") for s in samples] if ddpm else []
+    return rows
+
+
+def recorded(path: Path) -> set[tuple[str, ...]]:
+    if not path.is_file():
+        return set()
+    with open(path, newline="") as f:
+        return {tuple(r[k] for k in KEY) for r in csv.DictReader(f)}
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Appends one complete line with one flushed write, so an interruption never leaves half a row."""
+    new = not path.is_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+
+
+def measure_run(run: Run, split: str, args: argparse.Namespace, done: set, stamp: dict) -> list[dict]:
+    """Every missing row of one run and split; returns the rows written."""
+    from scripts import metrics
+    from scripts.checkpoint import load_weights
+    from scripts.inferer import DiffMICInferer
+    from scripts.sampler import ReverseSampler
+
+    parser = load_parser(run, split, args.overrides)
+    total = int(parser["num_train_timesteps"])
+    wanted = settings(args.steps, args.samples, args.ddpm, total)
+    missing = {(s, start) for name, k, s, start in wanted if (run.name, split, name, str(k), str(s), start) not in done}
+    if not missing:  # (S, start) groups with a row to write: each needs its full chain as reference
+        return []
+    device = torch.device(args.device)
+    network = parser.get_parsed_content("network_def").to(device)
+    load_weights(network, str(run.checkpoint), device)
+    network.eval()
+    begin = time.perf_counter()
+    outputs = backbone_outputs(network, parser.get_parsed_content("validate#dataloader"), device)
+    backbone_seconds = time.perf_counter() - begin
+    labels, prior = outputs["labels"], outputs["prior"].cpu()
+    scores = {"accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1, "auc": metrics.macro_auc}
+    prior_scores = {f"prior_{metric}": score(prior, labels) for metric, score in scores.items()}
+    full_chain: dict[tuple[int, str], torch.Tensor] = {}  # predicted labels of DDIM K = T, per (S, start)
+    written = []
+    for name, k, s, start in wanted:
+        key = (run.name, split, name, str(k), str(s), start)
+        is_full = name == "ddim" and k == total
+        if key in done and not (is_full and (s, start) in missing):  # the full chain: reference of its group
+            continue
+        network.use_sampler(ReverseSampler(name, k, eta=0.0))
+        inferer = DiffMICInferer(seed=int(parser["seed"]), num_samples=s)  # evaluation's per-image noise
+        begin = time.perf_counter()
+        probs = sample_probabilities(network, inferer, outputs, start).cpu()
+        seconds = time.perf_counter() - begin
+        predicted = probs.argmax(1)
+        if is_full:
+            full_chain[(s, start)] = predicted
+        if key in done:  # the full chain was recomputed only as the reference of missing rows
+            continue
+        reference = full_chain.get((s, start))
+        row = dict(dataset=run.dataset, recipe=run.recipe, variant=run.variant, setting=run.setting, seed=run.seed)
+        row.update(run=run.name, split=split, images=len(labels), sampler=name, steps=k, samples=s, start=start)
+        row.update({metric: score(probs, labels) for metric, score in scores.items()}, **prior_scores, **stamp)
+        row["agreement_full_chain"] = float((predicted == reference).float().mean()) if reference is not None else ""
+        row.update(sample_seconds=round(seconds, 3), backbone_seconds=round(backbone_seconds, 3))
+        row = {c: (f"{v:.6g}" if isinstance(v, float) else str(v)) for c, v in row.items()}  # as read back
+        append_row(args.out, row)
+        done.add(key)
+        written.append(row)
+        print(f"{run.name} {split} {name} K={k} S={s} {start}: ACC {row['accuracy']}, agreement "
+              f"{row['agreement_full_chain']}, {seconds:.1f} s", flush=True)  # fmt: skip
+    return written
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", type=Path, required=True, help="train_evaluate.py run folders")
+    parser.add_argument("--splits", nargs="+", default=["test"])
+    parser.add_argument("--steps", nargs="+", type=int, help=f"DDIM steps besides T (default {STEPS})")
+    parser.add_argument("--samples", nargs="+", type=int, default=[1, 10])
+    parser.add_argument("--no-ddpm", dest="ddpm", action="store_false", help="skip the T-step ancestral chain")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS / "sampling_steps.csv")
+    parser.add_argument("--tiny", action="store_true", help="a smoke run: K in 1 2 5 and T, S=1 and 2, no DDPM")
+    parser.add_argument(
+        "--set", nargs="+", action="extend", default=[], metavar="ID=VALUE", help="config overrides of the runs"
+    )
+    args = parser.parse_args(argv)
+    import json
+
+    def value(text: str):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+
+    args.overrides = {k: value(v) for k, _, v in (s.partition("=") for s in args.set)}
+    if args.tiny:
+        args.steps, args.samples, args.ddpm = args.steps or TINY_STEPS, [1, 2], False
+    args.steps = args.steps or STEPS
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    sys.path[:0] = [str(BUNDLE), str(Path(__file__).parent)]
+    from train_evaluate import commit, device_name  # the stamp of the other result tables
+
+    runs = [Run(path.resolve()) for path in args.runs]
+    done, stamp, written = recorded(args.out), {"commit": commit(), "device": device_name()}, []
+    for run in runs:
+        for split in args.splits:
+            written += measure_run(run, split, args, done, stamp)
+    return written
+
+
+if __name__ == "__main__":
+    main()
