@@ -9,6 +9,8 @@ skipped, so an interrupted run resumes.
 
     python benchmarks/train_evaluate.py --datasets breastmnist retinamnist --samples 1 10
     python benchmarks/train_evaluate.py --recipe paper --datasets ham10000 --train-seconds 300
+    python benchmarks/train_evaluate.py --datasets ham10000 --configs configs/data/ham10000_lesion_split.yaml \
+        --setting lesion_split
 """
 
 from __future__ import annotations
@@ -173,7 +175,12 @@ def main(argv: list[str] | None = None) -> None:
         "--splits", nargs="+", default=["test"], help="splits evaluated (validation: for choosing settings)"
     )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train_evaluate")
-    parser.add_argument("--setting", default="default", help="name of the --set overrides, in folders and rows")
+    parser.add_argument(
+        "--configs", nargs="+", default=[], help="config files merged after the recipe (relative to bundle/)"
+    )
+    parser.add_argument(
+        "--setting", default="default", help="name of the --set overrides and --configs, in folders and rows"
+    )
     parser.add_argument("--no-tsne", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="a smoke run: 2 epochs of a tiny network, 40 t-SNE images")
     parser.add_argument(
@@ -187,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     for dataset in args.datasets:
         train_configs = ["configs/train.yaml", f"configs/data/{dataset}.yaml"]
         train_configs += ["configs/small.yaml"] if args.recipe == "small" else []
+        train_configs += args.configs
         for seed in args.seeds:
             setting = "" if args.setting == "default" else f"_{args.setting}"
             run_dir = out / f"{dataset}_{args.recipe}_{args.variant}{setting}_seed{seed}"
@@ -203,7 +211,12 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{dataset} seed {seed}: no model.pt after {train['epochs']} epochs, nothing to evaluate")
                 continue
             for split, samples in itertools.product(args.splits, args.samples):
-                row = dict(dataset=dataset, recipe=args.recipe, setting=args.setting, overrides=" ".join(args.set))
+                row = dict(
+                    dataset=dataset,
+                    recipe=args.recipe,
+                    setting=args.setting,
+                    overrides=" ".join(args.configs + args.set),
+                )
                 row.update(seed=seed, variant=args.variant, num_samples=samples, split=split)
                 if tuple(str(row[k]) for k in KEY) in done:
                     continue

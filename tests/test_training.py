@@ -1,8 +1,10 @@
 """End to end on real data: training through MONAI's bundle workflow, in-process and by the CLI."""
 
+import csv
 import os
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -90,6 +92,37 @@ def test_ham10000_subset_class_order_splits_and_seven_way_output(tmp_path):
     with torch.no_grad():
         assert network(image).shape == (1, 7)
     assert (out / "models" / "model.pt").is_file()
+
+
+def test_ham10000_lesion_split_keeps_every_lesion_on_one_side():
+    """data/ham10000_lesion_split.yaml on the real metadata: 70/30 by lesion, stratified, the same for every seed.
+
+    The authors' split, for contrast, has images of 938 lesions on both sides."""
+    data_dir = require_data("ham10000/HAM10000_metadata.csv") / "ham10000"
+    with open(data_dir / "HAM10000_metadata.csv", newline="") as f:
+        lesion = {r["image_id"]: r["lesion_id"] for r in csv.DictReader(f)}
+
+    def datalists(seed: int) -> dict[str, list]:
+        parser = ConfigParser()
+        parser.read_config(bundle_configs("train", "data/ham10000", "data/ham10000_lesion_split"))
+        parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(data_dir), "seed": seed})
+        return parser.get_parsed_content("source_datalists")  # image files are not opened
+
+    lists = datalists(0)
+    assert "problems" not in lists
+    sides = {name: {lesion[i["id"]] for i in items} for name, items in lists.items()}
+    assert not sides["test"] & (sides["train"] | sides["validation"]) and not sides["train"] & sides["validation"]
+    sizes = {name: len(items) for name, items in lists.items()}
+    assert sum(sizes.values()) == len(lesion) == 10015
+    assert abs(sizes["test"] / len(lesion) - 0.3) < 0.01
+    assert abs(sizes["validation"] / (sizes["train"] + sizes["validation"]) - 0.1) < 0.01
+    everywhere = Counter(i["label"] for items in lists.values() for i in items)
+    tested = Counter(i["label"] for i in lists["test"])
+    assert all(abs(tested[c] / everywhere[c] - 0.3) < 0.05 for c in range(7)), tested  # stratified by class
+    assert lists["test"][0]["source"].startswith(f"{data_dir / 'HAM10000_metadata.csv'} row ")
+    other = datalists(1)  # another training seed: the same test images, another validation split
+    assert [i["id"] for i in other["test"]] == [i["id"] for i in lists["test"]]
+    assert [i["id"] for i in other["validation"]] != [i["id"] for i in lists["validation"]]
 
 
 def test_cli_training_smoke(tmp_path):

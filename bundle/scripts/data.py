@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 from collections import Counter
@@ -44,18 +45,27 @@ def _read_csv(path: str, columns: Sequence[str]) -> list[dict[str, str]]:
         return list(reader)
 
 
-def _carve_validation(
-    items: list[dict], groups: list[str], val_fraction: float, seed: int
-) -> tuple[list[dict], list[dict]]:
-    """Splits off about ``val_fraction`` of ``items``, stratified by label, groups kept on one side."""
+def _carve(items: list[dict], groups: list[str], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Splits off about ``fraction`` of ``items``, stratified by label, groups kept on one side.
+
+    The held-out part is whole folds of a stratified group k-fold: one of 1/fraction folds where that is a
+    whole number (0.1: one fold of 10), else tenths (0.3: three folds of 10).
+
+    Returns:
+        the kept and the held-out items, each in their original order.
+    """
     labels = [it["label"] for it in items]
-    # scikit-learn needs a class with at least n_splits members: tiny sets get a larger validation share
-    n_splits = min(round(1.0 / val_fraction), max(Counter(labels).values()))
-    if n_splits < 2:
-        return items, []  # nothing to carve: an empty validation split is reported by scripts.validation
-    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    train_idx, val_idx = next(folds.split(np.zeros(len(items)), labels, groups))
-    return [items[i] for i in sorted(train_idx)], [items[i] for i in sorted(val_idx)]
+    per_fold = 1.0 / fraction
+    n_folds, taken = (round(per_fold), 1) if abs(per_fold - round(per_fold)) < 1e-6 else (10, round(10 * fraction))
+    # scikit-learn needs a class with at least n_splits members: tiny sets get a larger held-out share
+    n_folds = min(n_folds, max(Counter(labels).values()))
+    if n_folds < 2:
+        return items, []  # nothing to carve: an empty split is reported by scripts.validation
+    folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(
+        np.zeros(len(items)), labels, groups
+    )
+    held = {int(i) for _, fold in itertools.islice(folds, min(max(taken, 1), n_folds - 1)) for i in fold}
+    return [it for i, it in enumerate(items) if i not in held], [items[i] for i in sorted(held)]
 
 
 def csv_datalists(
@@ -64,17 +74,20 @@ def csv_datalists(
     id_column: str,
     label_column: str,
     image_path: str,
-    split_csv: str,
+    split_csv: str | None,
     label_values: Sequence,
     val_fraction: float = 0.1,
     seed: int = 0,
     group_column: str | None = None,
     strict: bool = True,
+    test_fraction: float = 0.3,
+    split_seed: int = 0,
 ) -> dict[str, list]:
     """Train/validation/test datalists of an image folder with a label CSV and a train/test CSV.
 
     The validation split is carved from the training split (stratified, seeded, grouped by
-    ``group_column`` when given, e.g. HAM10000's ``lesion_id``); the test split is the CSV's.
+    ``group_column`` when given, e.g. HAM10000's ``lesion_id``); the test split is the CSV's, or, without
+    one, carved the same way from every labelled image.
 
     Args:
         dataset_dir: the dataset's root folder.
@@ -82,7 +95,7 @@ def csv_datalists(
         id_column: image identifier column (in both CSVs).
         label_column: label column of ``labels_csv``.
         image_path: image file pattern relative to ``dataset_dir``, with ``{}`` for the identifier.
-        split_csv: partition file (``id_column`` and ``split`` in {train, test}).
+        split_csv: partition file (``id_column`` and ``split`` in {train, test}); None: carve the test split.
         label_values: the label values in class-index order (compared as strings).
         val_fraction: fraction of the training split held out for validation.
         seed: seed of the validation split.
@@ -90,13 +103,16 @@ def csv_datalists(
         strict: raise on the rows' problems (unknown label, unknown id, bad split, listed twice); with False
             they are returned under ``"problems"`` for :func:`scripts.validation.validate_datalists` to report
             together with the image files' problems.
+        test_fraction: without ``split_csv``: the share of images held out for testing (stratified, grouped).
+        split_seed: without ``split_csv``: the seed of the test split, apart from ``seed`` so that every
+            training seed is tested on the same images.
 
     Returns:
         ``{"train": [...], "validation": [...], "test": [...]}``, items ``{"image", "label", "id", "source"}``
         (``source``: the CSV row). Image files are not opened here: :mod:`scripts.validation` checks them.
     """
     labels_path = os.path.join(dataset_dir, labels_csv)
-    split_path = os.path.join(dataset_dir, split_csv)
+    split_path = os.path.join(dataset_dir, split_csv) if split_csv else ""
     columns = [id_column, label_column] + ([group_column] if group_column else [])
     rows = _read_csv(labels_path, columns)
     index = {str(v): i for i, v in enumerate(label_values)}
@@ -108,12 +124,24 @@ def csv_datalists(
             continue
         path = os.path.join(dataset_dir, image_path.format(row[id_column]))
         by_id[row[id_column]] = (
-            {"image": path, "label": index[row[label_column]], "id": row[id_column]},
+            {
+                "image": path,
+                "label": index[row[label_column]],
+                "id": row[id_column],
+                "source": f"{labels_path} row {line}",
+            },
             row[group_column] if group_column else row[id_column],
         )
     splits: dict[str, list] = {"train": [], "test": []}
     groups, listed = [], {}
-    for line, row in enumerate(_read_csv(split_path, [id_column, "split"]), start=2):
+    split_rows = [] if split_csv is None else _read_csv(split_path, [id_column, "split"])
+    if split_csv is None:  # every labelled image, the test share carved grouped and stratified
+        items = [item for item, _ in by_id.values()]
+        pool_groups = [group for _, group in by_id.values()]
+        splits["train"], splits["test"] = _carve(items, pool_groups, test_fraction, split_seed)
+        kept = {it["id"] for it in splits["train"]}
+        groups = [group for item, group in by_id.values() if item["id"] in kept]
+    for line, row in enumerate(split_rows, start=2):
         if row[id_column] not in by_id:
             if row[id_column] not in unlabelled:
                 problems.append(f"{split_path} row {line}: {row[id_column]!r} is not in {labels_path}")
@@ -136,7 +164,7 @@ def csv_datalists(
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise ValueError(f"{len(problems)} problem(s) in the dataset at {dataset_dir}:\n  {shown}{more}")
-    train, validation = _carve_validation(splits["train"], groups, val_fraction, seed) if splits["train"] else ([], [])
+    train, validation = _carve(splits["train"], groups, val_fraction, seed) if splits["train"] else ([], [])
     out: dict[str, list] = {"train": train, "validation": validation, "test": splits["test"]}
     return {**out, "problems": problems} if problems else out
 
