@@ -484,6 +484,26 @@ def draw_curves(curves: Sequence[dict[str, str]], path: Path) -> None:
     partial.replace(path)
 
 
+def flips_table(predictions: list[dict[str, str]], split: str = "test") -> str:
+    """Where the denoised prediction of ``full`` departs from its own fused prior, per seed and S.
+
+    The diffusion earns its place only if it turns more of the prior's wrong answers right than right ones
+    wrong; the McNemar p-value tests the two counts against each other (the paired test of denoised vs prior).
+    """
+    runs, out = evaluations(predictions), []
+    for (dataset, setting, variant, seed, samples, where), run in sorted(runs.items()):
+        if (setting, variant, where) != ("default", "full", split):
+            continue
+        prior_right, denoised_right = run.prior == run.true, run.predicted == run.true
+        changed = int(np.sum(run.predicted != run.prior))
+        fixed, broken = int(np.sum(denoised_right & ~prior_right)), int(np.sum(~denoised_right & prior_right))
+        p_value = mcnemar_p(denoised_right, prior_right)
+        out.append([DATASETS.get(dataset, dataset), seed, samples, str(len(run.ids)), str(changed), str(fixed)])
+        out[-1] += [str(broken), f"{fixed - broken:+d}", f"{p_value:.3g}"]
+    header = ["dataset", "seed", "S", "images", "label changed by the diffusion", "prior wrong -> right"]
+    return markdown(header + ["prior right -> wrong", "net", "McNemar p (denoised vs prior)"], out)
+
+
 AGREEMENT = 0.99  # the issue's "agrees with the full chain on at least 99 % of test images"
 CHAINS = (("1", "noise", "S=1"), ("10", "noise", "S=10"), ("1", "prior_mean", "from the prior mean"))
 
@@ -607,6 +627,7 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "ablation_h200": (("ablation_h200.csv", "ablation_h200_predictions.csv.gz"), ablation_table),
     "published": (("ablation_h200.csv",), published_table),
     "study_h200": (("ablation_h200.csv", "ablation_h200_curves.csv"), study_table),
+    "flips_h200": (("ablation_h200_predictions.csv.gz",), flips_table),
     "sampling_steps_cpu": (("sampling_steps_cpu.csv",), sampling_steps_table),
     "smallest_k_cpu": (("sampling_steps_cpu.csv",), smallest_agreeing_k_table),
 }

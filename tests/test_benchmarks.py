@@ -103,14 +103,15 @@ def test_train_evaluate_tiny_run_records_each_evaluation_once(tmp_path):
 
 def test_report_rebuilds_the_tables_from_the_committed_csvs(tmp_path):
     """benchmarks/report.py fills each marked table of a page from benchmarks/results/ and keeps the prose."""
-    page, figure = tmp_path / "page.md", tmp_path / "curves.png"
-    names = ["evaluation_h200", "ablation_h200", "published", "study_h200"]
+    page, figure, steps_figure = tmp_path / "page.md", tmp_path / "curves.png", tmp_path / "steps.png"
+    names = ["evaluation_h200", "ablation_h200", "published", "study_h200", "flips_h200", "sampling_steps_cpu"]
+    names += ["smallest_k_cpu"]
     blocks = ["<!-- table:speed_h200 -->\nstale\n<!-- end -->"] + [f"<!-- table:{n} -->\n<!-- end -->" for n in names]
     page.write_text(f"intro\n{blocks[0]}\nmiddle\n" + "\n".join(blocks[1:]) + "\n")
     report = load_script("report")
-    text = report.main(["--page", str(page), "--figure", str(figure)])
+    text = report.main(["--page", str(page), "--figure", str(figure), "--steps-figure", str(steps_figure)])
     assert page.read_text() == text and text.startswith("intro\n") and "stale" not in text and "middle" in text
-    assert figure.read_bytes().startswith(b"\x89PNG")
+    assert figure.read_bytes().startswith(b"\x89PNG") and steps_figure.read_bytes().startswith(b"\x89PNG")
     speed_rows = read_rows(RESULTS / "speed_h200.csv")
     sizes = {r["image_size"] for r in speed_rows}
     assert text.count("(small)") + text.count("(paper)") == len({(r["image_size"], r["width"]) for r in speed_rows})
@@ -140,6 +141,25 @@ def test_report_rebuilds_the_tables_from_the_committed_csvs(tmp_path):
     only_basic = sum(not v and correct["basic"][i] for i, v in correct["full"].items())
     p_value = 1.0 if only_full + only_basic == 0 else binomtest(only_full, only_full + only_basic).pvalue
     assert full[1][9] == f"{p_value:.3g}"
+    # where the diffusion changed the prior's answer, from the same predictions: full S=10, seed 0
+    full_s10 = matching(predictions, dataset="breastmnist", setting="default", seed="0", split="test")
+    full_s10 = matching(full_s10, variant="full", num_samples="10")
+    fixed = sum(r["predicted_label"] == r["true_label"] != r["prior_label"] for r in full_s10)
+    broken = sum(r["prior_label"] == r["true_label"] != r["predicted_label"] for r in full_s10)
+    flips = [r for r in table_rows(text, "flips_h200", "BreastMNIST", "0") if r[2] == "10"]
+    assert flips[0][5:7] == [str(fixed), str(broken)]
+
+    # the smallest K agreeing with the full chain on >= 99 % of the test images, from the CSV
+    steps = matching(read_rows(RESULTS / "sampling_steps_cpu.csv"), split="test", sampler="ddim", start="noise")
+    for dataset in {r["dataset"] for r in steps}:
+        chain = sorted(matching(steps, dataset=dataset, samples="1"), key=lambda r: int(r["steps"]))
+        assert int(chain[-1]["steps"]) == 1000 and float(chain[-1]["agreement_full_chain"]) == 1.0
+        smallest = min(
+            int(r["steps"])
+            for r in chain
+            if all(float(x["agreement_full_chain"]) >= 0.99 for x in chain if int(x["steps"]) >= int(r["steps"]))
+        )
+        assert table_rows(text, "smallest_k_cpu", dataset, "S=1")[0][2] == str(smallest)
 
     published = table_rows(text, "published", "RetinaMNIST", "ResNet-18 (28)")
     assert published[0][3:5] == ["0.717", "0.524"]
