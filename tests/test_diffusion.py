@@ -89,3 +89,31 @@ def test_ddim_with_the_true_noise_lands_on_every_marginal(diffusion, k):
         expected = a_next.sqrt() * (y0 - prior) + (1 - a_next).sqrt() * eps + prior
         assert torch.allclose(y, expected, atol=1e-5), f"step {t} -> {t_next}"
     assert torch.allclose(y, y0, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 10, T])
+def test_a_denoiser_predicting_y0_exactly_lands_on_y0_and_steps_as_its_implied_noise(k):
+    """prediction_type 'sample': the step reads the output as y0. A perfect y0 predictor ends every chain at y0,
+    and each step equals the epsilon step with the noise that the predicted y0 implies."""
+    eps_diffusion = PriorShiftedDiffusion(num_train_timesteps=T)
+    diffusion = PriorShiftedDiffusion(num_train_timesteps=T, prediction_type="sample")
+    y0, prior, eps = (v.double() for v in labels_and_prior(n=8, c=5, seed=3))
+    assert torch.equal(diffusion.target(y0, eps), y0) and torch.equal(eps_diffusion.target(y0, eps), eps)
+    abar = diffusion.alphas_cumprod
+    steps = diffusion.timesteps(k)
+    y = prior + torch.randn(y0.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    y0_guess = torch.softmax(torch.randn(y0.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64), 1)
+    for i, t in enumerate(steps):
+        t_next = steps[i + 1] if i + 1 < len(steps) else -1
+        implied = (y - prior - abar[t].sqrt() * (y0_guess - prior)) / (1 - abar[t]).sqrt()
+        noise = torch.randn(y0.shape, generator=torch.Generator().manual_seed(t), dtype=torch.float64)
+        stepped, y0_hat = diffusion.step(y0_guess, t, t_next, y, prior, eta=1.0, noise=noise)
+        assert torch.allclose(y0_hat, y0_guess, atol=1e-9)
+        assert torch.allclose(stepped, eps_diffusion.step(implied, t, t_next, y, prior, eta=1.0, noise=noise)[0])
+        y, _ = diffusion.step(y0, t, t_next, y, prior, eta=0.0)  # the perfect predictor
+    assert torch.allclose(y, y0, atol=1e-9)
+
+
+def test_an_unknown_prediction_type_is_refused():
+    with pytest.raises(ValueError, match="prediction_type 'v'"):
+        PriorShiftedDiffusion(prediction_type="v")

@@ -10,7 +10,7 @@ from scripts.network import DiffMIC
 SMALL_STEM = {"stem_kernel": 3, "stem_stride": 1, "stem_max_pool": False}
 
 
-def tiny_net(in_channels=3, num_classes=4, use_diffusion=True, use_local_stream=True):
+def tiny_net(in_channels=3, num_classes=4, use_diffusion=True, use_local_stream=True, prediction_type="epsilon"):
     trunk = {"depth": 10, **SMALL_STEM}
     return DiffMIC(
         num_classes,
@@ -25,6 +25,7 @@ def tiny_net(in_channels=3, num_classes=4, use_diffusion=True, use_local_stream=
         use_diffusion=use_diffusion,
         width=32,
         encoder={"trunk": trunk},
+        diffusion={"prediction_type": prediction_type},
         ema_decay=0.9,
         sampler={"name": "ddim", "steps": 3},
     )
@@ -70,12 +71,21 @@ def test_torchvision_weights_map_onto_the_trunk(tmp_path):
         load_backbone_weights(ResNetTrunk(depth=18), str(tmp_path / "partial.pth"), "torchvision")
 
 
-def one_iteration(variant: str) -> dict:
-    """One joint-training iteration of an ablation variant; returns the trainer's output."""
+LABELS = torch.tensor([0, 1, 0, 1, 1, 0])
+
+
+def one_iteration(variant: str, prediction_type: str = "epsilon", head_forward=None) -> dict:
+    """One joint-training iteration of an ablation variant (optionally with a planted head); the trainer's output."""
     net = tiny_net(
-        in_channels=1, num_classes=2, use_diffusion=variant != "basic", use_local_stream=variant in ("C2", "full")
+        in_channels=1,
+        num_classes=2,
+        use_diffusion=variant != "basic",
+        use_local_stream=variant in ("C2", "full"),
+        prediction_type=prediction_type,
     )
-    batch = {"image": torch.randn(6, 1, 24, 24), "label": torch.tensor([0, 1, 0, 1, 1, 0])}
+    if head_forward is not None:
+        net.head.forward = lambda *args: head_forward(net.head, *args)
+    batch = {"image": torch.randn(6, 1, 24, 24), "label": LABELS}
     head_params = net.head.parameters() if net.use_diffusion else [torch.zeros(1, requires_grad=True)]
     trainer = DiffMICTrainer(
         device="cpu",
@@ -130,3 +140,31 @@ def test_ema_ramps_up_and_is_used_for_sampling():
         decay = min(0.9, (1 + n) / (10 + n))  # ramped: short memory early, `decay` later
         assert torch.allclose(averaged, decay * before + (1 - decay) * weight, atol=1e-5)
     assert net.sampling_head() is net.ema.module
+
+
+def test_a_y0_predicting_network_scripts_and_samples_as_in_eager_mode():
+    """prediction_type 'sample' reaches the compiled chain: the TorchScript module samples what eager does,
+    and a denoiser output read as y0 gives other samples than the same output read as noise."""
+    torch.manual_seed(0)
+    net = tiny_net(prediction_type="sample").eval()
+    images, noise = torch.randn(3, 3, 24, 24), torch.randn(3, 2, net.noise_draws(), 4)
+    scripted = torch.jit.script(net)
+    with torch.no_grad():
+        eager = net.predict(images, noise)["denoised"]
+        assert torch.allclose(scripted.predict(images, noise)["denoised"], eager, atol=1e-6)
+        net.diffusion.prediction_type = "epsilon"
+        assert not torch.allclose(net.predict(images, noise)["denoised"], eager)
+
+
+def test_a_y0_predicting_denoiser_is_trained_on_the_label():
+    """With prediction_type 'sample' the regression and MMD targets are the one-hot labels: a head that outputs
+    them exactly has zero noise and MMD losses, which the same head has not when the target is the noise."""
+
+    def perfect_y0(head, images, y_t, prior, t):
+        y0 = torch.nn.functional.one_hot(LABELS, 2).float().repeat(y_t.shape[1] // len(LABELS), 1)
+        return y0.expand(y_t.shape[0], -1, -1) + 0.0 * next(head.parameters()).sum()  # keeps a gradient path
+
+    sample = one_iteration("full", "sample", perfect_y0)["output"]
+    assert float(sample["loss_noise"]) == 0.0 and abs(float(sample["loss_mmd"])) < 1e-6
+    epsilon = one_iteration("full", "epsilon", perfect_y0)["output"]
+    assert float(epsilon["loss_noise"]) > 0.1 and float(epsilon["loss_mmd"]) > 0.0

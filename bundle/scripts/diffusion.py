@@ -14,7 +14,9 @@ import torch
 from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 
-__all__ = ["PriorShiftedDiffusion"]
+__all__ = ["PriorShiftedDiffusion", "PREDICTION_TYPES"]
+
+PREDICTION_TYPES = ("epsilon", "sample")
 
 
 class PriorShiftedDiffusion(nn.Module):
@@ -25,6 +27,8 @@ class PriorShiftedDiffusion(nn.Module):
         schedule: a MONAI noise schedule name (``linear_beta`` in the paper).
         beta_start: first beta of the schedule.
         beta_end: last beta of the schedule.
+        prediction_type: what the denoiser predicts: ``epsilon``, the noise (the paper, CARD), or ``sample``,
+            the clean label vector y0 (its regression target is then the one-hot label itself).
     """
 
     def __init__(
@@ -33,8 +37,12 @@ class PriorShiftedDiffusion(nn.Module):
         schedule: str = "linear_beta",
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
+        prediction_type: str = "epsilon",
     ) -> None:
         super().__init__()
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+        self.prediction_type = prediction_type
         self.scheduler = DDPMScheduler(
             num_train_timesteps=num_train_timesteps,
             schedule=schedule,
@@ -51,6 +59,10 @@ class PriorShiftedDiffusion(nn.Module):
         z0 = (y0 - prior).float()
         return self.scheduler.add_noise(z0, noise.float(), t) + prior.float()
 
+    def target(self, y0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """What the denoiser is trained to output for the forward sample drawn with ``noise``."""
+        return noise if self.prediction_type == "epsilon" else y0
+
     def timesteps(self, num_steps: int) -> list[int]:
         """K strided timesteps from T-1 down to 0, evenly spaced (T-1 and 0 included)."""
         if not 1 <= num_steps <= self.num_train_timesteps:
@@ -62,7 +74,7 @@ class PriorShiftedDiffusion(nn.Module):
 
     def step(
         self,
-        eps: torch.Tensor,
+        output: torch.Tensor,
         t: int,
         t_next: int,
         y_t: torch.Tensor,
@@ -76,7 +88,7 @@ class PriorShiftedDiffusion(nn.Module):
         DDPM ancestral step (CARD's posterior mean and variance).
 
         Args:
-            eps: predicted noise at ``t``.
+            output: the denoiser's output at ``t``: the predicted noise, or y0 (``prediction_type``).
             t: current timestep.
             t_next: the next, smaller, timestep, or -1.
             y_t: current label vectors.
@@ -89,9 +101,14 @@ class PriorShiftedDiffusion(nn.Module):
         """
         abar_t = self.alphas_cumprod[t]
         abar_next = self.alphas_cumprod[t_next] if t_next >= 0 else torch.ones_like(abar_t)
-        y_t, prior, eps = y_t.double(), prior.double(), eps.double()
+        y_t, prior, output = y_t.double(), prior.double(), output.double()
         z_t = y_t - prior
-        z0_hat = (z_t - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
+        if self.prediction_type == "epsilon":
+            eps = output
+            z0_hat = (z_t - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
+        else:  # the noise that the predicted y0 implies
+            z0_hat = output - prior
+            eps = (z_t - abar_t.sqrt() * z0_hat) / (1 - abar_t).sqrt()
         sigma = eta * ((1 - abar_next) / (1 - abar_t) * (1 - abar_t / abar_next)).sqrt()
         z_next = abar_next.sqrt() * z0_hat + (1 - abar_next - sigma**2).clamp_min(0).sqrt() * eps
         if eta > 0 and t_next >= 0:

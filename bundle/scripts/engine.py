@@ -203,7 +203,10 @@ class DiffMICTrainer(SupervisedTrainer):
     def _diffusion_loss(
         self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, priors: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Noise MSE on the fused-prior stream and the summed MMD of the global and local streams."""
+        """MSE on the fused-prior stream and the summed MMD of the global and local streams.
+
+        The regression target is the noise, or y0 with ``prediction_type: sample``.
+        """
         draws = self.noise_draws
         priors = {k: v.detach().repeat(draws, 1) for k, v in priors.items()}
         y0 = F.one_hot(labels, model.num_classes).float().repeat(draws, 1)
@@ -214,12 +217,13 @@ class DiffMICTrainer(SupervisedTrainer):
         head = self.head_network or model.head
         with self.autocast():
             predicted = head(images, y_t, torch.stack([priors[k] for k in streams]), t)
-        eps_hat = dict(zip(streams, predicted.float(), strict=True))  # the losses in float32
-        loss_noise = F.mse_loss(eps_hat["fused"], eps)
+        output = dict(zip(streams, predicted.float(), strict=True))  # the losses in float32
+        target = model.diffusion.target(y0, eps)  # eps, or y0 for a denoiser that predicts the clean label
+        loss_noise = F.mse_loss(output["fused"], target)
         if self.mmd_weight == 0:
             return loss_noise, torch.zeros_like(loss_noise)
-        loss_mmd = rbf_mmd(eps, eps_hat["global"], self.mmd_bandwidths) + rbf_mmd(
-            eps, eps_hat["local"], self.mmd_bandwidths
+        loss_mmd = rbf_mmd(target, output["global"], self.mmd_bandwidths) + rbf_mmd(
+            target, output["local"], self.mmd_bandwidths
         )
         return loss_noise, loss_mmd
 

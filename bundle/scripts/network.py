@@ -137,7 +137,7 @@ class DiffMIC(nn.Module):
         return self.head.encoder(images)
 
     def denoise(self, features: torch.Tensor, y_t: torch.Tensor, prior: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The noise the sampling head's denoiser predicts in y_t at timesteps t."""
+        """The sampling head's denoiser output for y_t at timesteps t: the noise, or y0 (``prediction_type``)."""
         if self.has_ema:
             return self.ema.module.denoiser(features, y_t, prior, t)
         return self.head.denoiser(features, y_t, prior, t)
@@ -178,11 +178,11 @@ class DiffMIC(nn.Module):
         for i in range(len(steps)):
             t_next = steps[i + 1] if i + 1 < len(steps) else -1
             t = torch.full([prior.shape[0]], steps[i], dtype=torch.long, device=prior.device)
-            eps = self.denoise(features, y.to(prior.dtype), prior, t)
+            output = self.denoise(features, y.to(prior.dtype), prior, t)
             step_noise: torch.Tensor | None = None
             if self.chain_eta > 0 and t_next >= 0:
                 step_noise = noise[:, i + 1]
-            y = self.diffusion.step(eps, steps[i], t_next, y, prior, self.chain_eta, step_noise)[0]
+            y = self.diffusion.step(output, steps[i], t_next, y, prior, self.chain_eta, step_noise)[0]
             if trajectory:
                 path.append(y)
         return y.to(prior.dtype).view(batch, samples, -1), [p.view(batch, samples, -1) for p in path]
