@@ -3,12 +3,14 @@
 #   1. the ablation of the small recipe on BreastMNIST and RetinaMNIST: basic and full with 3 seeds, C1 and C2
 #      with one, each evaluated on the validation and test splits with 1 and 10 samples;
 #   2. the study of settings that may let the denoised prediction beat its prior (longer training, a wider
-#      denoiser, no EMA, more noise draws, a smaller MMD weight, 64 px), one seed, chosen on the validation split.
+#      denoiser, no EMA, more noise draws, a smaller MMD weight, 64 px, a denoiser that predicts y0 instead of
+#      the noise, with and without EMA), one seed, chosen on the validation split.
 # Every line below is one train_evaluate.py job with its own folder; JOBS of them run at once (a 28 px run is
 # launch-bound and leaves the GPU mostly idle), all stop at LIMIT seconds and keep what they finished. CSVs,
 # logs and figures (no weights) are packed into $OUT/results.tar.gz. From the repository root:
 #   OUT=/tmp/gpu DIFFMIC_DATA_DIR=/path/to/data bash benchmarks/gpu_ablation.sh
 # EXTRA_ARGS adds arguments to every job (e.g. "--tiny --datasets breastmnist" for a dry run on a CPU).
+# PART=ablation runs only the ablation's jobs (1-12), PART=study only the study's (13 on); all by default.
 set -u
 : "${OUT:?set OUT to the results folder}"
 : "${DIFFMIC_DATA_DIR:?set DIFFMIC_DATA_DIR to the data folder}"
@@ -51,11 +53,21 @@ jobs() {
 --datasets breastmnist $study --setting mmd0.1 --set mmd_weight=0.1
 --datasets retinamnist $study --setting px64 --set image_size=64 roi_size=16
 --datasets breastmnist $study --setting px64 --set image_size=64 roi_size=16
+--datasets retinamnist $study --setting y0 --set prediction_type=sample
+--datasets breastmnist $study --setting y0 --set prediction_type=sample
+--datasets retinamnist $study --setting y0_no_ema --set prediction_type=sample ema_decay=null
+--datasets breastmnist $study --setting y0_no_ema --set prediction_type=sample ema_decay=null
 EOF
 }
+case "${PART:-all}" in
+  ablation) first=1 last=12 ;;
+  study) first=13 last=99 ;;
+  all) first=1 last=99 ;;
+  *) echo "PART must be ablation, study or all, not ${PART}" >&2; exit 2 ;;
+esac
 
 # each job: its number, then its arguments; it gets the time left before DEADLINE
-jobs | nl -w2 -s' ' | xargs -P "${JOBS:-12}" -L 1 sh -c '
+jobs | nl -w2 -s' ' | awk -v a="$first" -v b="$last" '$1 >= a && $1 <= b' | xargs -P "${JOBS:-12}" -L 1 sh -c '
   job=$1; shift; left=$((DEADLINE - $(date +%s)))
   [ "$left" -gt 20 ] || { echo "job $job: not started"; exit 0; }
   timeout "$left" "$PYTHON" benchmarks/train_evaluate.py --out "$WORK/job$job" "$@" $EXTRA_ARGS \
