@@ -105,6 +105,12 @@ def f3(text: str) -> str:
     return f"{float(text):.3f}" if text not in ("", None) else "-"
 
 
+def rate(row: dict[str, str]) -> str:
+    """Images per second: whole numbers from 100 on, three significant digits below (a CPU's 224 px rates)."""
+    value = float(row["images_per_s"])
+    return f"{value:.0f}" if value >= 100 else f"{value:#.3g}"
+
+
 def speed_table(rows: list[dict[str, str]]) -> str:
     """Images per second and the ratio to ``basic`` of every inference and training measurement."""
     wanted = ["infer_dcg", "infer_full_s1", "infer_full_s10", "train_full"]
@@ -116,9 +122,9 @@ def speed_table(rows: list[dict[str, str]]) -> str:
             for r in rows
             if (r["recipe"], int(r["image_size"]), int(r["width"])) == (recipe, size, width)
         }
-        cells = [f"{size}", f"{width} ({recipe})", f"{float(by['infer_basic']['images_per_s']):.0f}"]
-        cells += [f"{float(by[m]['images_per_s']):.0f} ({float(by[m]['ratio_to_basic']):.2f}x)" for m in wanted]
-        cells += [f"{float(by['train_basic']['images_per_s']):.0f}"]
+        cells = [f"{size}", f"{width} ({recipe})", rate(by["infer_basic"])]
+        cells += [f"{rate(by[m])} ({float(by[m]['ratio_to_basic']):.2f}x)" for m in wanted]
+        cells += [rate(by["train_basic"])]
         check = by["check_no_wasted_work"]
         cells += [f"{float(check['check_ratio']):.2f} ({'met' if check['check_pass'] == 'True' else 'not met'})"]
         cells += [f"{float(by['train_basic']['peak_mem_mb']):.0f} / {float(by['train_full']['peak_mem_mb']):.0f}"]
@@ -132,6 +138,8 @@ def evaluation_table(rows: list[dict[str, str]]) -> str:
     """Test-split metrics of the denoised prediction and of the fused DCG prior, per evaluation."""
     out = []
     for r in rows:
+        if r.get("split", "test") != "test":  # files written before --splits have test rows only
+            continue
         out.append(
             [r["dataset"], r["recipe"], r["epochs"], r["num_samples"]]
             + [f"{f3(r[k])}" for k in ("accuracy", "macro_f1", "auc", "kappa", "ece", "entropy_error_auroc")]
@@ -519,11 +527,17 @@ def steps_label(row: dict[str, str], total: int) -> str:
     return f"{row['steps']} (full chain)" if int(row["steps"]) == total else row["steps"]
 
 
+def ordered_datasets(rows: Sequence[dict[str, str]]) -> list[str]:
+    """The datasets of the rows: the ablation's in page order, then any other in order of appearance."""
+    present = dict.fromkeys(r["dataset"] for r in rows)
+    return [d for d in DATASETS if d in present] + [d for d in present if d not in DATASETS]
+
+
 def sampling_steps_table(rows: list[dict[str, str]], split: str = "test") -> str:
     """ACC / F1 / AUC and agreement with the full chain per number of reverse steps, for each chain kind."""
     rows = select(rows, split=split)
     total, out = full_chain_steps(rows), []
-    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+    for dataset in ordered_datasets(rows):
         mine = select(rows, dataset=dataset)
         ladder = sorted({(r["sampler"], int(r["steps"])) for r in mine}, key=lambda s: (s[0] == "ddpm", s[1]))
         for sampler, steps in ladder:
@@ -547,7 +561,7 @@ def smallest_agreeing_k_table(rows: list[dict[str, str]], split: str = "test") -
     """The smallest K whose predicted labels agree with the full chain's on at least 99 % of the images."""
     rows = select(rows, split=split, sampler="ddim")
     total, out = full_chain_steps(rows), []
-    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+    for dataset in ordered_datasets(rows):
         for samples, start, name in CHAINS:
             mine = sorted(select(rows, dataset=dataset, samples=samples, start=start), key=lambda r: int(r["steps"]))
             if not mine:
@@ -586,7 +600,7 @@ def draw_sampling_steps(rows: Sequence[dict[str, str]], path: Path, split: str =
     from matplotlib.figure import Figure
 
     rows = select(rows, split=split)
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    datasets = ordered_datasets(rows)
     fig = Figure(figsize=(5 * len(datasets), 6.5), layout="constrained")
     axes = fig.subplots(2, len(datasets), sharex=True, squeeze=False)
     for column, dataset in enumerate(datasets):
@@ -628,6 +642,8 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "published": (("ablation_h200.csv",), published_table),
     "study_h200": (("ablation_h200.csv", "ablation_h200_curves.csv"), study_table),
     "flips_h200": (("ablation_h200_predictions.csv.gz",), flips_table),
+    "evaluation_cpu": (("train_evaluate_cpu.csv",), evaluation_table),
+    "speed_cpu": (("speed_cpu.csv",), speed_table),
     "sampling_steps_cpu": (("sampling_steps_cpu.csv",), sampling_steps_table),
     "smallest_k_cpu": (("sampling_steps_cpu.csv",), smallest_agreeing_k_table),
 }
