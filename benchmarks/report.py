@@ -138,7 +138,7 @@ def evaluation_table(rows: list[dict[str, str]]) -> str:
     """Test-split metrics of the denoised prediction and of the fused DCG prior, per evaluation."""
     out = []
     for r in rows:
-        if r.get("split", "test") != "test":  # files written before --splits have test rows only
+        if r.get("split", "test") != "test" or r.get("setting", "default") != "default":  # older files: test only
             continue
         out.append(
             [r["dataset"], r["recipe"], r["epochs"], r["num_samples"]]
@@ -535,7 +535,7 @@ def ordered_datasets(rows: Sequence[dict[str, str]]) -> list[str]:
 
 def sampling_steps_table(rows: list[dict[str, str]], split: str = "test") -> str:
     """ACC / F1 / AUC and agreement with the full chain per number of reverse steps, for each chain kind."""
-    rows = select(rows, split=split)
+    rows = select(rows, split=split, setting="default")
     total, out = full_chain_steps(rows), []
     for dataset in ordered_datasets(rows):
         mine = select(rows, dataset=dataset)
@@ -559,7 +559,7 @@ def sampling_steps_table(rows: list[dict[str, str]], split: str = "test") -> str
 
 def smallest_agreeing_k_table(rows: list[dict[str, str]], split: str = "test") -> str:
     """The smallest K whose predicted labels agree with the full chain's on at least 99 % of the images."""
-    rows = select(rows, split=split, sampler="ddim")
+    rows = select(rows, split=split, sampler="ddim", setting="default")
     total, out = full_chain_steps(rows), []
     for dataset in ordered_datasets(rows):
         for samples, start, name in CHAINS:
@@ -599,7 +599,7 @@ def draw_sampling_steps(rows: Sequence[dict[str, str]], path: Path, split: str =
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    rows = select(rows, split=split)
+    rows = select(rows, split=split, setting="default")
     datasets = ordered_datasets(rows)
     fig = Figure(figsize=(5 * len(datasets), 6.5), layout="constrained")
     axes = fig.subplots(2, len(datasets), sharex=True, squeeze=False)
@@ -642,7 +642,8 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "published": (("ablation_h200.csv",), published_table),
     "study_h200": (("ablation_h200.csv", "ablation_h200_curves.csv"), study_table),
     "flips_h200": (("ablation_h200_predictions.csv.gz",), flips_table),
-    "evaluation_cpu": (("train_evaluate_cpu.csv",), evaluation_table),
+    "evaluation_cpu": (("small_cpu.csv",), evaluation_table),
+    "study_cpu": (("small_cpu.csv", "small_cpu_curves.csv"), study_table),
     "speed_cpu": (("speed_cpu.csv",), speed_table),
     "sampling_steps_cpu": (("sampling_steps_cpu.csv",), sampling_steps_table),
     "smallest_k_cpu": (("sampling_steps_cpu.csv",), smallest_agreeing_k_table),

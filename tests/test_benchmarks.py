@@ -105,7 +105,7 @@ def test_report_rebuilds_the_tables_from_the_committed_csvs(tmp_path):
     """benchmarks/report.py fills each marked table of a page from benchmarks/results/ and keeps the prose."""
     page, figure, steps_figure = tmp_path / "page.md", tmp_path / "curves.png", tmp_path / "steps.png"
     names = ["evaluation_h200", "ablation_h200", "published", "study_h200", "flips_h200", "sampling_steps_cpu"]
-    names += ["smallest_k_cpu", "evaluation_cpu", "speed_cpu"]
+    names += ["smallest_k_cpu", "evaluation_cpu", "speed_cpu", "study_cpu"]
     blocks = ["<!-- table:speed_h200 -->\nstale\n<!-- end -->"] + [f"<!-- table:{n} -->\n<!-- end -->" for n in names]
     page.write_text(f"intro\n{blocks[0]}\nmiddle\n" + "\n".join(blocks[1:]) + "\n")
     report = load_script("report")
@@ -119,7 +119,7 @@ def test_report_rebuilds_the_tables_from_the_committed_csvs(tmp_path):
         settings += len({(r["image_size"], r["width"]) for r in speed_rows})
     assert text.count("(small)") + text.count("(paper)") == settings  # one table row per setting
     evaluations = read_rows(RESULTS / "train_evaluate_h200.csv")
-    evaluations += matching(read_rows(RESULTS / "train_evaluate_cpu.csv"), split="test")  # validation rows: CSV only
+    evaluations += matching(read_rows(RESULTS / "small_cpu.csv"), split="test", setting="default")
     for r in evaluations:
         assert (
             f"| {r['dataset']} | {r['recipe']} | {r['epochs']} | {r['num_samples']} | {float(r['accuracy']):.3f} |"
