@@ -31,6 +31,9 @@ from pathlib import Path
 
 import torch
 
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "bundle"), str(Path(__file__).resolve().parent)]
+from train_evaluate import append_row, commit, device_name, parse_override  # noqa: E402 - beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
 RESULTS = REPO / "benchmarks" / "results"
@@ -152,18 +155,6 @@ def recorded(path: Path) -> set[tuple[str, ...]]:
         return {tuple(r[k] for k in KEY) for r in csv.DictReader(f)}
 
 
-def append_row(path: Path, row: dict) -> None:
-    """Appends one complete line with one flushed write, so an interruption never leaves half a row."""
-    new = not path.is_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-        f.flush()
-
-
 def measure_run(run: Run, split: str, args: argparse.Namespace, done: set, stamp: dict) -> list[dict]:
     """Every missing row of one run and split; returns the rows written."""
     from scripts import metrics
@@ -211,7 +202,7 @@ def measure_run(run: Run, split: str, args: argparse.Namespace, done: set, stamp
         row["agreement_full_chain"] = float((predicted == reference).float().mean()) if reference is not None else ""
         row.update(sample_seconds=round(seconds, 3), backbone_seconds=round(backbone_seconds, 3))
         row = {c: (f"{v:.6g}" if isinstance(v, float) else str(v)) for c, v in row.items()}  # as read back
-        append_row(args.out, row)
+        append_row(args.out, row, COLUMNS)
         done.add(key)
         written.append(row)
         print(f"{run.name} {split} {name} K={k} S={s} {start}: ACC {row['accuracy']}, agreement "
@@ -233,15 +224,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--set", nargs="+", action="extend", default=[], metavar="ID=VALUE", help="config overrides of the runs"
     )
     args = parser.parse_args(argv)
-    import json
-
-    def value(text: str):
-        try:
-            return json.loads(text)
-        except ValueError:
-            return text
-
-    args.overrides = {k: value(v) for k, _, v in (s.partition("=") for s in args.set)}
+    args.overrides = dict(parse_override(text) for text in args.set)
     if args.tiny:
         args.steps, args.samples, args.ddpm = args.steps or TINY_STEPS, [1, 2], False
     args.steps = args.steps or STEPS
@@ -250,8 +233,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(argv)
-    sys.path[:0] = [str(BUNDLE), str(Path(__file__).parent)]
-    from train_evaluate import commit, device_name  # the stamp of the other result tables
 
     runs = [Run(path.resolve()) for path in args.runs]
     done, stamp, written = recorded(args.out), {"commit": commit(), "device": device_name()}, []

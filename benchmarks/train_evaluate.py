@@ -130,12 +130,12 @@ def recorded(path: Path) -> set[tuple[str, ...]]:
         return {tuple(r.get(k) or "default" for k in KEY) for r in csv.DictReader(f)}  # older files: no setting
 
 
-def append_row(path: Path, row: dict) -> None:
+def append_row(path: Path, row: dict, fields: list[str] = FIELDS) -> None:
     """Appends one complete line with one write, so an interruption never leaves half a row."""
     new = not path.is_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         if new:
             writer.writeheader()
         writer.writerow(row)
