@@ -31,6 +31,7 @@ STEPS_FIGURE = REPO / "bundle" / "docs" / "images" / "accuracy_vs_steps.png"
 CONFIGS = REPO / "bundle" / "configs"
 
 DATASETS = {"breastmnist": "BreastMNIST", "retinamnist": "RetinaMNIST"}  # the ablation's datasets, in page order
+DISPLAY_NAMES = {**DATASETS, "ham10000": "HAM10000", "aptos2019": "APTOS 2019"}
 SEEDS = ("0", "1", "2")
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -54,6 +55,14 @@ PUBLISHED: dict[str, list[tuple[str, float, float]]] = {
     ],
 }
 TARGETS = {"breastmnist": (0.92, 0.87), "retinamnist": (0.76, 0.55)}  # the project's test (AUC, ACC) targets
+# The paper's datasets at CPU scale: (dataset, setting of train_evaluate.py, label), in page order.
+PAPER_DATASETS = [
+    ("ham10000", "default", "HAM10000, authors' 70/30 split"),
+    ("ham10000", "lesion_split", "HAM10000, lesion-grouped 70/30 split"),
+    ("aptos2019", "default", "APTOS 2019, authors' 70/30 split"),
+]
+# DiffMIC (Yang et al., MICCAI 2023) as published: test ACC and macro-F1 at 224 px on the authors' split
+PAPER_ROWS = {"ham10000": (0.906, 0.816), "aptos2019": (0.858, 0.716)}
 
 
 class AblationRow(NamedTuple):
@@ -286,11 +295,16 @@ def labels_of(evaluation: Evaluation, prediction: str) -> np.ndarray:
 
 
 def paired_p(
-    runs: dict[EvaluationKey, Evaluation], dataset: str, row: AblationRow, seed: str, split: str = "test"
+    runs: dict[EvaluationKey, Evaluation],
+    dataset: str,
+    row: AblationRow,
+    seed: str,
+    split: str = "test",
+    setting: str = "default",
 ) -> float | None:
     """McNemar p-value of one ablation row against ``basic`` of the same seed, or None when a run is missing."""
-    this = runs.get((dataset, "default", row.variant, seed, row.samples, split))
-    basic = runs.get((dataset, "default", "basic", seed, "10", split))
+    this = runs.get((dataset, setting, row.variant, seed, row.samples, split))
+    basic = runs.get((dataset, setting, "basic", seed, "10", split))
     if this is None or basic is None:
         return None
     if this.ids != basic.ids:
@@ -369,6 +383,57 @@ def published_table(metrics: list[dict[str, str]]) -> str:
     header = ["dataset", "method", "source", "test AUC", "test ACC", "meets the target (AUC, ACC)"]
     targets = "; ".join(f"{DATASETS[d]} AUC >= {a}, ACC >= {c}" for d, (a, c) in TARGETS.items())
     return markdown(header, rows) + f"\n\nTargets: {targets}."
+
+
+def paper_dataset_cells(
+    metrics: Sequence[dict[str, str]],
+    runs: dict[EvaluationKey, Evaluation],
+    curves: Sequence[dict[str, str]],
+    dataset: str,
+    setting: str,
+) -> list[list[str]]:
+    """Rows of one dataset and split: basic, the prior, full with S = 1 and 10, seed 0, test split."""
+    out = []
+    for row in ABLATION_ROWS:
+        if row.variant not in ("basic", "full"):
+            continue
+        run = dict(dataset=dataset, setting=setting, variant=row.variant, seed="0", split="test")
+        found = one(metrics, **run, num_samples=row.samples)
+        evaluation = runs.get((dataset, setting, row.variant, "0", row.samples, "test"))
+        if found is None or evaluation is None:
+            out.append([row.label, "-", "not run"] + ["-"] * 9)
+            continue
+        accuracy, f1, auc = metric_columns(row.prediction)
+        kappa = "prior_kappa" if row.prediction == "prior" else "kappa"
+        probs = None if row.prediction == "prior" else evaluation.probs
+        interval = bootstrap_intervals(evaluation.true, labels_of(evaluation, row.prediction), probs)[0]
+        p_value = None if row.variant == "basic" else paired_p(runs, dataset, row, "0", setting=setting)
+        samples = "-" if row.prediction == "prior" or row.variant == "basic" else row.samples
+        out.append(
+            [row.label, samples, f3(found[accuracy]), interval, f3(found[f1]), f3(found[auc]), f3(found[kappa])]
+            + ["-" if p_value is None else f"{p_value:.3g}", found["epochs"]]
+            + [checkpoint_epoch(curves, dataset=dataset, setting=setting, variant=row.variant, seed="0")]
+            + [found["train_seconds"]]
+            + [str(len(evaluation.ids))]
+        )
+    return out
+
+
+def paper_datasets_table(
+    metrics: list[dict[str, str]], predictions: list[dict[str, str]], curves: list[dict[str, str]]
+) -> str:
+    """HAM10000 and APTOS at CPU scale (seed 0, test split) with the paper's full-resolution row beside them."""
+    runs = evaluations(predictions)
+    rows = []
+    for dataset, setting, label in PAPER_DATASETS:
+        rows += [[label, *cells] for cells in paper_dataset_cells(metrics, runs, curves, dataset, setting)]
+        if setting == "default":
+            accuracy, f1 = PAPER_ROWS[dataset]
+            paper = ["DiffMIC paper (224 px, not this setting)", "-", f"{accuracy:.3f}", "-", f"{f1:.3f}"]
+            rows.append([label, *paper] + ["-"] * 7)
+    header = ["dataset, split", "model", "S", "ACC", "ACC 95% CI", "macro-F1", "AUC", "kappa (quadratic)"]
+    header += ["McNemar p vs basic", "epochs", "checkpoint epoch", "training s", "test images"]
+    return markdown(header, rows)
 
 
 def key_metric(dataset: str) -> str:
@@ -506,7 +571,7 @@ def flips_table(predictions: list[dict[str, str]], split: str = "test") -> str:
         changed = int(np.sum(run.predicted != run.prior))
         fixed, broken = int(np.sum(denoised_right & ~prior_right)), int(np.sum(~denoised_right & prior_right))
         p_value = mcnemar_p(denoised_right, prior_right)
-        out.append([DATASETS.get(dataset, dataset), seed, samples, str(len(run.ids)), str(changed), str(fixed)])
+        out.append([DISPLAY_NAMES.get(dataset, dataset), seed, samples, str(len(run.ids)), str(changed), str(fixed)])
         out[-1] += [str(broken), f"{fixed - broken:+d}", f"{p_value:.3g}"]
     header = ["dataset", "seed", "S", "images", "label changed by the diffusion", "prior wrong -> right"]
     return markdown(header + ["prior right -> wrong", "net", "McNemar p (denoised vs prior)"], out)
@@ -621,9 +686,12 @@ def draw_sampling_steps(rows: Sequence[dict[str, str]], path: Path, split: str =
                     )
                 for r in select(mine, sampler="ddpm", samples=samples, start=start):
                     ax.plot([int(r["steps"])], [float(r[metric])], "s", color=color, mfc="none", label=f"DDPM, {name}")
-            ax.axhline(float(mine[0][f"prior_{metric}"]), color="k", ls="--", label="fused DCG prior")
+            prior = float(mine[0][f"prior_{metric}"])
+            ax.axhline(prior, color="k", ls="--", label="fused DCG prior")
+            low, high = ax.get_ylim()  # axhline does not widen the limits: keep a prior above every chain in view
+            ax.set_ylim(min(low, prior - 0.01), max(high, prior + 0.01))
             ax.set_xscale("log")
-            ax.set_title(f"{DATASETS.get(dataset, dataset)}: {label}")
+            ax.set_title(f"{DISPLAY_NAMES.get(dataset, dataset)}: {label}")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
             if row == 1:
@@ -647,6 +715,10 @@ TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
     "speed_cpu": (("speed_cpu.csv",), speed_table),
     "sampling_steps_cpu": (("sampling_steps_cpu.csv",), sampling_steps_table),
     "smallest_k_cpu": (("sampling_steps_cpu.csv",), smallest_agreeing_k_table),
+    "paper_datasets_cpu": (
+        ("paper_datasets_cpu.csv", "paper_datasets_cpu_predictions.csv.gz", "paper_datasets_cpu_curves.csv"),
+        paper_datasets_table,
+    ),
 }
 
 

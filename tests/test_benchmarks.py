@@ -105,7 +105,7 @@ def test_report_rebuilds_the_tables_from_the_committed_csvs(tmp_path):
     """benchmarks/report.py fills each marked table of a page from benchmarks/results/ and keeps the prose."""
     page, figure, steps_figure = tmp_path / "page.md", tmp_path / "curves.png", tmp_path / "steps.png"
     names = ["evaluation_h200", "ablation_h200", "published", "study_h200", "flips_h200", "sampling_steps_cpu"]
-    names += ["smallest_k_cpu", "evaluation_cpu", "speed_cpu", "study_cpu"]
+    names += ["smallest_k_cpu", "evaluation_cpu", "speed_cpu", "study_cpu", "paper_datasets_cpu"]
     blocks = ["<!-- table:speed_h200 -->\nstale\n<!-- end -->"] + [f"<!-- table:{n} -->\n<!-- end -->" for n in names]
     page.write_text(f"intro\n{blocks[0]}\nmiddle\n" + "\n".join(blocks[1:]) + "\n")
     report = load_script("report")
@@ -163,6 +163,16 @@ def test_report_rebuilds_the_tables_from_the_committed_csvs(tmp_path):
             if all(float(x["agreement_full_chain"]) >= 0.99 for x in chain if int(x["steps"]) >= int(r["steps"]))
         )
         assert table_rows(text, "smallest_k_cpu", dataset, "S=1")[0][2] == str(smallest)
+
+    # the paper's datasets at CPU scale: the CSV's value, the paper's row beside it, McNemar against basic
+    paper = read_rows(RESULTS / "paper_datasets_cpu.csv")
+    ham = matching(paper, dataset="ham10000", setting="default", variant="full", split="test", num_samples="10")
+    cells = table_rows(text, "paper_datasets_cpu", "HAM10000, authors'", "full")
+    assert [c[3] for c in cells if c[2] == "10"] == [f"{float(ham[0]['accuracy']):.3f}"]
+    assert 0.0 <= float(cells[0][8]) <= 1.0
+    reference = table_rows(text, "paper_datasets_cpu", "HAM10000, authors'", "DiffMIC paper")
+    assert reference[0][3] == "0.906" and reference[0][5] == "0.816"
+    assert table_rows(text, "paper_datasets_cpu", "APTOS", "DiffMIC paper")[0][3] == "0.858"
 
     published = table_rows(text, "published", "RetinaMNIST", "ResNet-18 (28)")
     assert published[0][3:5] == ["0.717", "0.524"]
