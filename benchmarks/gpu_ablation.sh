@@ -5,12 +5,16 @@
 #   2. the study of settings that may let the denoised prediction beat its prior (longer training, a wider
 #      denoiser, no EMA, more noise draws, a smaller MMD weight, 64 px, a denoiser that predicts y0 instead of
 #      the noise, with and without EMA), one seed, chosen on the validation split.
+#   3. two more seeds of the y0 setting, for the ablation's 3-seed table should it win.
 # Every line below is one train_evaluate.py job with its own folder; JOBS of them run at once (a 28 px run is
-# launch-bound and leaves the GPU mostly idle), all stop at LIMIT seconds and keep what they finished. CSVs,
-# logs and figures (no weights) are packed into $OUT/results.tar.gz. From the repository root:
+# launch-bound and leaves the GPU mostly idle). Each job's training stops EVAL_SECONDS before LIMIT (at the end
+# of an iteration, reporting the epochs it ran), so that its best checkpoint is still evaluated; whatever is
+# still running at LIMIT is killed and keeps what it finished. CSVs, logs and figures (no weights) are packed
+# into $OUT/results.tar.gz. From the repository root:
 #   OUT=/tmp/gpu DIFFMIC_DATA_DIR=/path/to/data bash benchmarks/gpu_ablation.sh
 # EXTRA_ARGS adds arguments to every job (e.g. "--tiny --datasets breastmnist" for a dry run on a CPU).
-# PART=ablation runs only the ablation's jobs (1-12), PART=study only the study's (13 on); all by default.
+# PART=ablation runs only the ablation's jobs (1-12), PART=study only the study's (13-28), PART=seeds 29-32;
+# all by default. PART may also list job numbers, started in that order (e.g. PART="25 26 29 19").
 set -u
 : "${OUT:?set OUT to the results folder}"
 : "${DIFFMIC_DATA_DIR:?set DIFFMIC_DATA_DIR to the data folder}"
@@ -18,11 +22,11 @@ PYTHON=${PYTHON:-python3}
 WORK="$OUT/work"
 mkdir -p "$WORK"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 DIFFMIC_DATA_DIR PYTHON WORK EXTRA_ARGS="${EXTRA_ARGS:-}"
-export DEADLINE=$(($(date +%s) + ${LIMIT:-500}))
+export DEADLINE=$(($(date +%s) + ${LIMIT:-500})) EVAL_SECONDS=${EVAL_SECONDS:-60}
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
   "$PYTHON" -c "import torch, monai; print('torch', torch.__version__, 'monai', monai.__version__)"
-  nproc
+  echo "cores: $(nproc --all)"  # --all: plain nproc obeys OMP_NUM_THREADS=1
 } > "$WORK/machine.txt" 2>&1
 
 both="--splits validation test --samples 1 10"
@@ -57,20 +61,26 @@ jobs() {
 --datasets breastmnist $study --setting y0 --set prediction_type=sample
 --datasets retinamnist $study --setting y0_no_ema --set prediction_type=sample ema_decay=null
 --datasets breastmnist $study --setting y0_no_ema --set prediction_type=sample ema_decay=null
+--datasets retinamnist $both --no-tsne --seeds 1 --setting y0 --set prediction_type=sample
+--datasets retinamnist $both --no-tsne --seeds 2 --setting y0 --set prediction_type=sample
+--datasets breastmnist $both --no-tsne --seeds 1 --setting y0 --set prediction_type=sample
+--datasets breastmnist $both --no-tsne --seeds 2 --setting y0 --set prediction_type=sample
 EOF
 }
 case "${PART:-all}" in
-  ablation) first=1 last=12 ;;
-  study) first=13 last=99 ;;
-  all) first=1 last=99 ;;
-  *) echo "PART must be ablation, study or all, not ${PART}" >&2; exit 2 ;;
+  ablation) picked=$(seq 1 12) ;;
+  study) picked=$(seq 13 28) ;;
+  seeds) picked=$(seq 29 32) ;;
+  all) picked=$(seq 1 32) ;;
+  *[!0-9\ ]* | "") echo "PART must be ablation, study, seeds, all or job numbers, not ${PART}" >&2; exit 2 ;;
+  *) picked=$PART ;;
 esac
 
-# each job: its number, then its arguments; it gets the time left before DEADLINE
-jobs | nl -w2 -s' ' | awk -v a="$first" -v b="$last" '$1 >= a && $1 <= b' | xargs -P "${JOBS:-12}" -L 1 sh -c '
+# each job: its number, then its arguments, in the order picked; it trains until EVAL_SECONDS before DEADLINE
+for n in $picked; do jobs | sed -n "${n}s/^/$n /p"; done | xargs -P "${JOBS:-12}" -L 1 sh -c '
   job=$1; shift; left=$((DEADLINE - $(date +%s)))
-  [ "$left" -gt 20 ] || { echo "job $job: not started"; exit 0; }
+  [ "$left" -gt $((EVAL_SECONDS + 20)) ] || { echo "job $job: not started"; exit 0; }
   timeout "$left" "$PYTHON" benchmarks/train_evaluate.py --out "$WORK/job$job" "$@" $EXTRA_ARGS \
-    --set progress_bar=false > "$WORK/job$job.log" 2>&1
+    --train-seconds $((left - EVAL_SECONDS)) --set progress_bar=false > "$WORK/job$job.log" 2>&1
   echo "job $job: exit $? ($*)"' _ | tee "$WORK/jobs.txt"
 tar czf "$OUT/results.tar.gz" --exclude=models -C "$OUT" work
