@@ -5,7 +5,7 @@
 #   2. the study of settings that may let the denoised prediction beat its prior (longer training, a wider
 #      denoiser, no EMA, more noise draws, a smaller MMD weight, 64 px, a denoiser that predicts y0 instead of
 #      the noise, with and without EMA), one seed, chosen on the validation split.
-#   3. two more seeds of the y0 setting, for the ablation's 3-seed table should it win.
+#   3. two more seeds of the y0 and y0_no_ema settings, and C1 and C2 with y0: the ablation of the winner.
 # Every line below is one train_evaluate.py job with its own folder; JOBS of them run at once (a 28 px run is
 # launch-bound and leaves the GPU mostly idle). Each job's training stops EVAL_SECONDS before LIMIT (at the end
 # of an iteration, reporting the epochs it ran), so that its best checkpoint is still evaluated; whatever is
@@ -13,8 +13,8 @@
 # into $OUT/results.tar.gz. From the repository root:
 #   OUT=/tmp/gpu DIFFMIC_DATA_DIR=/path/to/data bash benchmarks/gpu_ablation.sh
 # EXTRA_ARGS adds arguments to every job (e.g. "--tiny --datasets breastmnist" for a dry run on a CPU).
-# PART=ablation runs only the ablation's jobs (1-12), PART=study only the study's (13-28), PART=seeds 29-32;
-# all by default. PART may also list job numbers, started in that order (e.g. PART="25 26 29 19").
+# PART=ablation runs only the ablation's jobs (1-12), PART=study only the study's (13-28), PART=seeds 29-36,
+# PART=y0 37-40; all by default. PART may also list job numbers, started in that order (e.g. PART="25 26 29 19").
 set -u
 : "${OUT:?set OUT to the results folder}"
 : "${DIFFMIC_DATA_DIR:?set DIFFMIC_DATA_DIR to the data folder}"
@@ -65,13 +65,22 @@ jobs() {
 --datasets retinamnist $both --no-tsne --seeds 2 --setting y0 --set prediction_type=sample
 --datasets breastmnist $both --no-tsne --seeds 1 --setting y0 --set prediction_type=sample
 --datasets breastmnist $both --no-tsne --seeds 2 --setting y0 --set prediction_type=sample
+--datasets retinamnist $both --no-tsne --seeds 1 --setting y0_no_ema --set prediction_type=sample ema_decay=null
+--datasets retinamnist $both --no-tsne --seeds 2 --setting y0_no_ema --set prediction_type=sample ema_decay=null
+--datasets breastmnist $both --no-tsne --seeds 1 --setting y0_no_ema --set prediction_type=sample ema_decay=null
+--datasets breastmnist $both --no-tsne --seeds 2 --setting y0_no_ema --set prediction_type=sample ema_decay=null
+--datasets retinamnist --variant C1 $study --setting y0 --set prediction_type=sample
+--datasets retinamnist --variant C2 $study --setting y0 --set prediction_type=sample
+--datasets breastmnist --variant C1 $study --setting y0 --set prediction_type=sample
+--datasets breastmnist --variant C2 $study --setting y0 --set prediction_type=sample
 EOF
 }
 case "${PART:-all}" in
   ablation) picked=$(seq 1 12) ;;
   study) picked=$(seq 13 28) ;;
-  seeds) picked=$(seq 29 32) ;;
-  all) picked=$(seq 1 32) ;;
+  seeds) picked=$(seq 29 36) ;;
+  y0) picked=$(seq 37 40) ;;
+  all) picked=$(seq 1 40) ;;
   *[!0-9\ ]* | "") echo "PART must be ablation, study, seeds, all or job numbers, not ${PART}" >&2; exit 2 ;;
   *) picked=$PART ;;
 esac
