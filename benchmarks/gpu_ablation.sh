@@ -8,10 +8,12 @@
 #   3. two more seeds of the y0 and y0_no_ema settings, and C1 and C2 with y0: the ablation of the winner.
 # Every line below is one train_evaluate.py job with its own folder; JOBS of them run at once (a 28 px run is
 # launch-bound and leaves the GPU mostly idle). Each job's training stops EVAL_SECONDS before LIMIT (at the end
-# of an iteration, reporting the epochs it ran), so that its best checkpoint is still evaluated; whatever is
+# of an iteration, reporting the epochs it completed), so that its best checkpoint is still evaluated; whatever is
 # still running at LIMIT is killed and keeps what it finished. CSVs, logs and figures (no weights) are packed
 # into $OUT/results.tar.gz. From the repository root:
 #   OUT=/tmp/gpu DIFFMIC_DATA_DIR=/path/to/data bash benchmarks/gpu_ablation.sh
+# The jobs run small.yaml as committed. Its denoiser predicts y0 since the third lease; the first two leases' jobs
+# (1-24) ran the noise target: EXTRA_ARGS="--set prediction_type=epsilon" reruns those as they ran.
 # EXTRA_ARGS adds arguments to every job (e.g. "--tiny --datasets breastmnist" for a dry run on a CPU).
 # PART=ablation runs only the ablation's jobs (1-12), PART=study only the study's (13-28), PART=seeds 29-36,
 # PART=y0 37-40; all by default. PART may also list job numbers, started in that order (e.g. PART="25 26 29 19").

@@ -3,17 +3,20 @@
 The page's prose is written by hand; each table sits between ``<!-- table:NAME -->`` and
 ``<!-- end -->`` markers and is regenerated here from the CSV rows, so no number is typed by hand
 (the published MedMNIST v2 results and the targets are constants below, with their source). The figures
-``bundle/docs/images/prior_vs_denoised_epochs.png`` (training curves) and ``accuracy_vs_steps.png`` (test
-accuracy against the number of reverse steps) are redrawn too:
+``bundle/docs/images/prior_vs_denoised_epochs.png`` (training curves), ``prior_vs_denoised_epochs_y0.png``
+(the same for the y0 setting) and ``accuracy_vs_steps.png`` (test accuracy against the number of reverse
+steps) are redrawn too:
 
     python benchmarks/report.py
-    python benchmarks/report.py --page /tmp/page.md --figure /tmp/curves.png --steps-figure /tmp/steps.png
+    python benchmarks/report.py --page /tmp/page.md --figure /tmp/curves.png --y0-figure /tmp/curves_y0.png \
+        --steps-figure /tmp/steps.png
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import gzip
 import re
 import statistics
@@ -27,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "bundle" / "docs" / "benchmarks.md"
 RESULTS = REPO / "benchmarks" / "results"
 FIGURE = REPO / "bundle" / "docs" / "images" / "prior_vs_denoised_epochs.png"
+Y0_FIGURE = REPO / "bundle" / "docs" / "images" / "prior_vs_denoised_epochs_y0.png"
 STEPS_FIGURE = REPO / "bundle" / "docs" / "images" / "accuracy_vs_steps.png"
 CONFIGS = REPO / "bundle" / "configs"
 
@@ -55,11 +59,20 @@ PUBLISHED: dict[str, list[tuple[str, float, float]]] = {
     ],
 }
 TARGETS = {"breastmnist": (0.92, 0.87), "retinamnist": (0.76, 0.55)}  # the project's test (AUC, ACC) targets
-# The paper's datasets at CPU scale: (dataset, setting of train_evaluate.py, label), in page order.
+# this bundle's rows beside the published ones: (variant, setting, label)
+OWN_ROWS = [
+    ("basic", "default", "basic (ResNet-18), small recipe"),
+    ("full", "default", "full, S=10, small recipe with the noise target (before y0)"),
+    ("full", "y0", "full, S=10, small recipe (y0)"),
+]
+# The paper's datasets at CPU scale: (dataset, setting of train_evaluate.py, the setting of its basic, label), in
+# page order. The y0 blocks have no basic of their own: the prediction target does not change it.
 PAPER_DATASETS = [
-    ("ham10000", "default", "HAM10000, authors' 70/30 split"),
-    ("ham10000", "lesion_split", "HAM10000, lesion-grouped 70/30 split"),
-    ("aptos2019", "default", "APTOS 2019, authors' 70/30 split"),
+    ("ham10000", "default", "default", "HAM10000, authors' 70/30 split"),
+    ("ham10000", "y0", "default", "HAM10000, authors' 70/30 split, y0"),
+    ("ham10000", "lesion_split", "lesion_split", "HAM10000, lesion-grouped 70/30 split"),
+    ("aptos2019", "default", "default", "APTOS 2019, authors' 70/30 split"),
+    ("aptos2019", "y0", "default", "APTOS 2019, authors' 70/30 split, y0"),
 ]
 # DiffMIC (Yang et al., MICCAI 2023) as published: test ACC and macro-F1 at 224 px on the authors' split
 PAPER_ROWS = {"ham10000": (0.906, 0.816), "aptos2019": (0.858, 0.716)}
@@ -301,10 +314,15 @@ def paired_p(
     seed: str,
     split: str = "test",
     setting: str = "default",
+    basic_setting: str | None = None,
 ) -> float | None:
-    """McNemar p-value of one ablation row against ``basic`` of the same seed, or None when a run is missing."""
+    """McNemar p-value of one ablation row against ``basic`` of the same seed, or None when a run is missing.
+
+    ``basic`` is read from ``basic_setting`` (default: ``setting``): a setting of the diffusion alone (y0, EMA)
+    leaves ``basic`` unchanged, so the ablation of such a setting pairs its rows with the default ``basic``.
+    """
     this = runs.get((dataset, setting, row.variant, seed, row.samples, split))
-    basic = runs.get((dataset, setting, "basic", seed, "10", split))
+    basic = runs.get((dataset, basic_setting or setting, "basic", seed, "10", split))
     if this is None or basic is None:
         return None
     if this.ids != basic.ids:
@@ -319,40 +337,51 @@ def metric_columns(prediction: str) -> tuple[str, str, str]:
 
 
 def ablation_cells(
-    metrics: Sequence[dict[str, str]], runs: dict[EvaluationKey, Evaluation], dataset: str, row: AblationRow
+    metrics: Sequence[dict[str, str]],
+    runs: dict[EvaluationKey, Evaluation],
+    dataset: str,
+    row: AblationRow,
+    setting: str = "default",
 ) -> list[str]:
-    """The cells of one ablation row: test-split means over seeds, seed-0 intervals, McNemar against basic."""
-    tests = select(metrics, dataset=dataset, setting="default", variant=row.variant, split="test")
+    """The cells of one ablation row: test-split means over seeds, seed-0 intervals, McNemar against basic.
+
+    The diffusion rows are read from ``setting``, ``basic`` from ``default``: meant for settings of the diffusion
+    alone (such as y0), which leave ``basic`` as it is.
+    """
+    setting = "default" if row.variant == "basic" else setting
+    tests = select(metrics, dataset=dataset, setting=setting, variant=row.variant, split="test")
     tests = sorted(select(tests, num_samples=row.samples), key=lambda r: int(r["seed"]))
     seeds = [r["seed"] for r in tests]
     cells = [DATASETS[dataset], row.label, "-" if row.prediction == "prior" or row.variant == "basic" else row.samples]
     cells += [str(len(seeds))] + [mean_sd([float(r[c]) for r in tests]) for c in metric_columns(row.prediction)]
-    first = runs.get((dataset, "default", row.variant, "0", row.samples, "test"))
+    first = runs.get((dataset, setting, row.variant, "0", row.samples, "test"))
     if first is None:
         return cells + ["-"] * 4
     probs = None if row.prediction == "prior" else first.probs
     cells += list(bootstrap_intervals(first.true, labels_of(first, row.prediction), probs))
     if row.variant == "basic":
         return cells + ["-", "-"]
-    first_p = paired_p(runs, dataset, row, "0")
+    first_p = paired_p(runs, dataset, row, "0", setting=setting, basic_setting="default")
     cells.append("-" if first_p is None else f"{first_p:.3g}")
-    p_values = [paired_p(runs, dataset, row, s) for s in seeds]
+    p_values = [paired_p(runs, dataset, row, s, setting=setting, basic_setting="default") for s in seeds]
     significant = sum(p is not None and p < ALPHA for p in p_values)
     return cells + [f"{significant} of {len(p_values)}" if len(p_values) > 1 else "-"]
 
 
-def ablation_table(metrics: list[dict[str, str]], predictions: list[dict[str, str]]) -> str:
+def ablation_table(metrics: list[dict[str, str]], predictions: list[dict[str, str]], setting: str = "default") -> str:
     """Test-split ablation of the small recipe on each dataset: means over seeds, intervals, paired tests."""
     runs = evaluations(predictions)
-    rows = [ablation_cells(metrics, runs, d, r) for d in DATASETS for r in ABLATION_ROWS]
+    rows = [ablation_cells(metrics, runs, d, r, setting) for d in DATASETS for r in ABLATION_ROWS]
     header = ["dataset", "model", "S", "seeds", "ACC", "macro-F1", "AUC", "ACC 95% CI (seed 0)"]
     header += ["AUC 95% CI (seed 0)", "McNemar p vs basic (seed 0)", f"seeds with p < {ALPHA}"]
     return markdown(header, rows)
 
 
-def seed_means(metrics: Sequence[dict[str, str]], dataset: str, variant: str) -> tuple[float, float] | None:
-    """Mean test AUC and ACC over the seeds of a ``default`` variant evaluated with 10 samples."""
-    tests = select(metrics, dataset=dataset, setting="default", variant=variant, split="test", num_samples="10")
+def seed_means(
+    metrics: Sequence[dict[str, str]], dataset: str, variant: str, setting: str = "default"
+) -> tuple[float, float] | None:
+    """Mean test AUC and ACC over the seeds of a variant and setting evaluated with 10 samples."""
+    tests = select(metrics, dataset=dataset, setting=setting, variant=variant, split="test", num_samples="10")
     if not tests:
         return None
     return statistics.mean(float(r["auc"]) for r in tests), statistics.mean(float(r["accuracy"]) for r in tests)
@@ -372,12 +401,12 @@ def published_table(metrics: list[dict[str, str]]) -> str:
     for dataset, name in DATASETS.items():
         for method, auc, accuracy in PUBLISHED[dataset]:
             rows.append([name, method, "MedMNIST v2 (published)", f"{auc:.3f}", f"{accuracy:.3f}", "-"])
-        for variant, label in (("basic", "basic (ResNet-18), small recipe"), ("full", "full, S=10, small recipe")):
-            means = seed_means(metrics, dataset, variant)
+        for variant, setting, label in OWN_ROWS:
+            means = seed_means(metrics, dataset, variant, setting)
             if means is None:
                 rows.append([name, label, "this bundle", "-", "-", "-"])
                 continue
-            seeds = {r["seed"] for r in select(metrics, dataset=dataset, setting="default", variant=variant)}
+            seeds = {r["seed"] for r in select(metrics, dataset=dataset, setting=setting, variant=variant)}
             source = f"this bundle, mean of {len(seeds)} seeds"
             rows.append([name, label, source, f"{means[0]:.3f}", f"{means[1]:.3f}", target_verdict(dataset, *means)])
     header = ["dataset", "method", "source", "test AUC", "test ACC", "meets the target (AUC, ACC)"]
@@ -391,11 +420,16 @@ def paper_dataset_cells(
     curves: Sequence[dict[str, str]],
     dataset: str,
     setting: str,
+    basic_setting: str,
 ) -> list[list[str]]:
-    """Rows of one dataset and split: basic, the prior, full with S = 1 and 10, seed 0, test split."""
+    """Rows of one dataset and split: basic, the prior, full with S = 1 and 10, seed 0, test split.
+
+    McNemar pairs the rows with the ``basic`` of ``basic_setting``; where that is another setting, its row is
+    that setting's and is not repeated.
+    """
     out = []
     for row in ABLATION_ROWS:
-        if row.variant not in ("basic", "full"):
+        if row.variant not in ("basic", "full") or (row.variant == "basic" and basic_setting != setting):
             continue
         run = dict(dataset=dataset, setting=setting, variant=row.variant, seed="0", split="test")
         found = one(metrics, **run, num_samples=row.samples)
@@ -407,7 +441,7 @@ def paper_dataset_cells(
         kappa = "prior_kappa" if row.prediction == "prior" else "kappa"
         probs = None if row.prediction == "prior" else evaluation.probs
         interval = bootstrap_intervals(evaluation.true, labels_of(evaluation, row.prediction), probs)[0]
-        p_value = None if row.variant == "basic" else paired_p(runs, dataset, row, "0", setting=setting)
+        p_value = None if row.variant == "basic" else paired_p(runs, dataset, row, "0", "test", setting, basic_setting)
         samples = "-" if row.prediction == "prior" or row.variant == "basic" else row.samples
         out.append(
             [row.label, samples, f3(found[accuracy]), interval, f3(found[f1]), f3(found[auc]), f3(found[kappa])]
@@ -425,8 +459,9 @@ def paper_datasets_table(
     """HAM10000 and APTOS at CPU scale (seed 0, test split) with the paper's full-resolution row beside them."""
     runs = evaluations(predictions)
     rows = []
-    for dataset, setting, label in PAPER_DATASETS:
-        rows += [[label, *cells] for cells in paper_dataset_cells(metrics, runs, curves, dataset, setting)]
+    for dataset, setting, basic_setting, label in PAPER_DATASETS:
+        cells = paper_dataset_cells(metrics, runs, curves, dataset, setting, basic_setting)
+        rows += [[label, *row] for row in cells]
         if setting == "default":
             accuracy, f1 = PAPER_ROWS[dataset]
             paper = ["DiffMIC paper (224 px, not this setting)", "-", f"{accuracy:.3f}", "-", f"{f1:.3f}"]
@@ -518,7 +553,48 @@ def study_table(metrics: list[dict[str, str]], curves: list[dict[str, str]]) -> 
     return markdown(header, rows)
 
 
-def draw_curves(curves: Sequence[dict[str, str]], path: Path) -> None:
+def seeds_cells(metrics: Sequence[dict[str, str]], setting: str, dataset: str) -> tuple[list[str], list[float]]:
+    """One row of the seeds table and the validation accuracies (S = 1 and 10, every seed) it averages."""
+    rows = select(metrics, dataset=dataset, setting=setting, variant="full")
+
+    def values(split: str, samples: str, column: str) -> list[float]:
+        found = sorted(select(rows, split=split, num_samples=samples), key=lambda r: int(r["seed"]))
+        return [float(r[column]) for r in found]
+
+    val1, val10 = values("validation", "1", "accuracy"), values("validation", "10", "accuracy")
+    gaps = [a - b for a, b in zip(val10, values("validation", "10", "prior_accuracy"), strict=True)]
+    test = [mean_sd(values("test", "10", c)) for c in ("accuracy", "auc", "prior_accuracy", "prior_auc")]
+    cells = [setting, DATASETS[dataset], rows[0]["device"], str(len(val10)), mean_sd(val1), mean_sd(val10)]
+    cells += [mean_sd(values("validation", "10", "prior_accuracy")), mean_sd(gaps)]
+    return cells + [f"{test[0]} / {test[1]}", f"{test[2]} / {test[3]}"], val1 + val10
+
+
+def seeds_table(metrics: list[dict[str, str]]) -> str:
+    """Settings of ``full`` run with several seeds, on the validation split, and the one it chooses.
+
+    The choice: the highest validation ACC averaged over both datasets, S = 1 and 10 and every seed.
+    """
+    validated = select(metrics, variant="full", split="validation", num_samples="10")
+    settings = sorted(
+        s
+        for s in {r["setting"] for r in validated}
+        if all(len(select(validated, setting=s, dataset=d)) > 1 for d in DATASETS)
+    )
+    rows, scores = [], {}
+    for setting in settings:
+        accuracies = []
+        for dataset in DATASETS:
+            cells, values = seeds_cells(metrics, setting, dataset)
+            rows.append(cells)
+            accuracies += values
+        scores[setting] = statistics.mean(accuracies)
+    header = ["setting", "dataset", "card", "seeds", "val S=1 ACC", "val S=10 ACC", "val prior ACC"]
+    header += ["val S=10 - prior ACC", "test S=10 ACC / AUC (information)", "test prior ACC / AUC (information)"]
+    ranking = ", ".join(f"{s} {v:.3f}" for s, v in sorted(scores.items(), key=lambda item: -item[1]))
+    return markdown(header, rows) + f"\n\nMean validation ACC over both datasets, S = 1 and 10, all seeds: {ranking}."
+
+
+def draw_curves(curves: Sequence[dict[str, str]], path: Path, setting: str = "default") -> None:
     """Validation ACC and AUC of the denoised prediction and of the DCG prior against epoch (``full``, seeds 0-2).
 
     One column per dataset, one row per metric; written to ``<path>.partial`` and renamed.
@@ -526,6 +602,7 @@ def draw_curves(curves: Sequence[dict[str, str]], path: Path) -> None:
     Args:
         curves: rows of a ``collect.py`` curves CSV.
         path: the PNG file.
+        setting: the runs' setting (``train_evaluate.py --setting``).
     """
     import matplotlib
 
@@ -538,7 +615,7 @@ def draw_curves(curves: Sequence[dict[str, str]], path: Path) -> None:
         for row, (metric, label) in enumerate((("accuracy", "validation ACC"), ("auc", "validation AUC"))):
             ax = axes[row][column]
             for color, seed in zip(("C0", "C1", "C2"), SEEDS, strict=True):
-                run = dict(dataset=dataset, setting="default", variant="full", seed=seed)
+                run = dict(dataset=dataset, setting=setting, variant="full", seed=seed)
                 for tag, style, kind in ((metric, "-", "denoised"), (f"prior_{metric}", "--", "DCG prior")):
                     points = curve(curves, tag, **run)
                     if points:
@@ -550,7 +627,8 @@ def draw_curves(curves: Sequence[dict[str, str]], path: Path) -> None:
             if row == 1:
                 ax.set_xlabel("epoch")
     axes[0][0].legend(fontsize="small", ncol=2)
-    fig.suptitle("full, small recipe, validation split: denoised prediction (S=1, solid) and fused DCG prior (dashed)")
+    recipe = "small recipe" if setting == "default" else f"small recipe, {setting}"
+    fig.suptitle(f"full, {recipe}, validation split: denoised prediction (S=1, solid) and fused DCG prior (dashed)")
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     fig.savefig(partial, format="png", dpi=110)
@@ -703,11 +781,21 @@ def draw_sampling_steps(rows: Sequence[dict[str, str]], path: Path, split: str =
     partial.replace(path)
 
 
-TABLES: dict[str, tuple[tuple[str, ...], Callable[..., str]]] = {
+# each table: the CSVs of its builder's arguments (a tuple: their rows concatenated) and the builder
+TABLES: dict[str, tuple[tuple[str | tuple[str, ...], ...], Callable[..., str]]] = {
     "speed_h200": (("speed_h200.csv",), speed_table),
     "evaluation_h200": (("train_evaluate_h200.csv",), evaluation_table),
     "ablation_h200": (("ablation_h200.csv", "ablation_h200_predictions.csv.gz"), ablation_table),
-    "published": (("ablation_h200.csv",), published_table),
+    "ablation_y0": (
+        (
+            ("ablation_h200.csv", "study_h100.csv"),
+            ("ablation_h200_predictions.csv.gz", "study_h100_predictions.csv.gz"),
+        ),
+        functools.partial(ablation_table, setting="y0"),
+    ),
+    "published": ((("ablation_h200.csv", "study_h100.csv"),), published_table),
+    "study_h100": (("study_h100.csv", "study_h100_curves.csv"), study_table),
+    "seeds": ((("ablation_h200.csv", "study_h100.csv"),), seeds_table),
     "study_h200": (("ablation_h200.csv", "ablation_h200_curves.csv"), study_table),
     "flips_h200": (("ablation_h200_predictions.csv.gz",), flips_table),
     "evaluation_cpu": (("small_cpu.csv",), evaluation_table),
@@ -727,15 +815,18 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--page", type=Path, default=PAGE)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--figure", type=Path, default=FIGURE, help="the training-curves PNG redrawn")
+    parser.add_argument("--y0-figure", type=Path, default=Y0_FIGURE, help="the same, of the y0 setting")
     parser.add_argument("--steps-figure", type=Path, default=STEPS_FIGURE, help="the accuracy-against-K PNG redrawn")
     args = parser.parse_args(argv)
     text = args.page.read_text()
     cache: dict[str, list[dict[str, str]]] = {}
 
-    def load(csv_name: str) -> list[dict[str, str]]:
-        if csv_name not in cache:
-            cache[csv_name] = read(args.results / csv_name)
-        return cache[csv_name]
+    def load(csv_names: str | tuple[str, ...]) -> list[dict[str, str]]:
+        if isinstance(csv_names, tuple):
+            return [row for name in csv_names for row in load(name)]
+        if csv_names not in cache:
+            cache[csv_names] = read(args.results / csv_names)
+        return cache[csv_names]
 
     for name, (csv_names, build) in TABLES.items():
         pattern = re.compile(rf"(<!-- table:{name} -->\n)(?:(?!<!--).)*?(<!-- end -->)", re.S)
@@ -747,6 +838,7 @@ def main(argv: list[str] | None = None) -> str:
     partial.write_text(text)
     partial.replace(args.page)
     draw_curves(load("ablation_h200_curves.csv"), args.figure)
+    draw_curves(load("study_h100_curves.csv"), args.y0_figure, setting="y0")
     draw_sampling_steps(load("sampling_steps_cpu.csv"), args.steps_figure)
     return text
 

@@ -84,7 +84,7 @@ def bundle_run(run_id: str, configs: list[str], time_limit: float | None = None,
         overrides: config ids and values.
 
     Returns:
-        the wall time in seconds and, for ``training``, the epochs run (0 otherwise).
+        the wall time in seconds and, for ``training``, the epochs completed (0 otherwise).
     """
     from ignite.engine import Events
     from ignite.handlers import TimeLimit
@@ -105,7 +105,10 @@ def bundle_run(run_id: str, configs: list[str], time_limit: float | None = None,
         workflow.finalize()
     finally:
         os.chdir(cwd)
-    return time.perf_counter() - start, trainer.state.epoch if trainer is not None else 0
+    if trainer is None:
+        return time.perf_counter() - start, 0
+    # completed epochs: a time limit stops the trainer inside an epoch, which state.epoch already counts
+    return time.perf_counter() - start, trainer.state.iteration // trainer.state.epoch_length
 
 
 def device_name() -> str:

@@ -104,14 +104,18 @@ def test_train_evaluate_tiny_run_records_each_evaluation_once(tmp_path):
 def test_report_rebuilds_the_tables_from_the_committed_csvs(tmp_path):
     """benchmarks/report.py fills each marked table of a page from benchmarks/results/ and keeps the prose."""
     page, figure, steps_figure = tmp_path / "page.md", tmp_path / "curves.png", tmp_path / "steps.png"
+    y0_figure = tmp_path / "curves_y0.png"
     names = ["evaluation_h200", "ablation_h200", "published", "study_h200", "flips_h200", "sampling_steps_cpu"]
     names += ["smallest_k_cpu", "evaluation_cpu", "speed_cpu", "study_cpu", "paper_datasets_cpu"]
+    names += ["ablation_y0", "study_h100", "seeds"]
     blocks = ["<!-- table:speed_h200 -->\nstale\n<!-- end -->"] + [f"<!-- table:{n} -->\n<!-- end -->" for n in names]
     page.write_text(f"intro\n{blocks[0]}\nmiddle\n" + "\n".join(blocks[1:]) + "\n")
     report = load_script("report")
-    text = report.main(["--page", str(page), "--figure", str(figure), "--steps-figure", str(steps_figure)])
+    figures = ["--figure", str(figure), "--steps-figure", str(steps_figure), "--y0-figure", str(y0_figure)]
+    text = report.main(["--page", str(page), *figures])
     assert page.read_text() == text and text.startswith("intro\n") and "stale" not in text and "middle" in text
-    assert figure.read_bytes().startswith(b"\x89PNG") and steps_figure.read_bytes().startswith(b"\x89PNG")
+    for png in (figure, steps_figure, y0_figure):
+        assert png.read_bytes().startswith(b"\x89PNG")
     settings = 0
     for name in ("speed_h200", "speed_cpu"):
         speed_rows = read_rows(RESULTS / f"{name}.csv")
@@ -167,9 +171,15 @@ def test_report_rebuilds_the_tables_from_the_committed_csvs(tmp_path):
     # the paper's datasets at CPU scale: the CSV's value, the paper's row beside it, McNemar against basic
     paper = read_rows(RESULTS / "paper_datasets_cpu.csv")
     ham = matching(paper, dataset="ham10000", setting="default", variant="full", split="test", num_samples="10")
-    cells = table_rows(text, "paper_datasets_cpu", "HAM10000, authors'", "full")
+    cells = table_rows(text, "paper_datasets_cpu", "HAM10000, authors' 70/30 split", "full")
+    cells = [c for c in cells if c[0] == "HAM10000, authors' 70/30 split"]  # not the y0 block
     assert [c[3] for c in cells if c[2] == "10"] == [f"{float(ham[0]['accuracy']):.3f}"]
     assert 0.0 <= float(cells[0][8]) <= 1.0
+    # the y0 block has no basic row of its own: its McNemar pairs it with the authors'-split basic
+    y0_rows = table_rows(text, "paper_datasets_cpu", "HAM10000, authors' 70/30 split, y0", "")
+    assert [r[1] for r in y0_rows] == ["DCG prior (fused, of full)", "full", "full"]
+    ham_y0 = matching(paper, dataset="ham10000", setting="y0", variant="full", split="test", num_samples="1")
+    assert y0_rows[1][3] == f"{float(ham_y0[0]['accuracy']):.3f}" and 0.0 <= float(y0_rows[1][8]) <= 1.0
     reference = table_rows(text, "paper_datasets_cpu", "HAM10000, authors'", "DiffMIC paper")
     assert reference[0][3] == "0.906" and reference[0][5] == "0.816"
     assert table_rows(text, "paper_datasets_cpu", "APTOS", "DiffMIC paper")[0][3] == "0.858"
@@ -181,6 +191,21 @@ def test_report_rebuilds_the_tables_from_the_committed_csvs(tmp_path):
     s10 = matching(metrics, **run, split="validation", num_samples="10")[0]
     assert study[5].startswith(f"{float(s10['accuracy']):.3f} / ")
     assert "not finished in the lease" in table_rows(text, "study_h200", "epochs60", "RetinaMNIST")[0][4]
+
+    # the ablation of the y0 setting: its diffusion rows from study_h100.csv, basic as in the default ablation
+    study = read_rows(RESULTS / "study_h100.csv")
+    tests = matching(study, dataset="retinamnist", setting="y0", variant="full", split="test", num_samples="10")
+    accuracies = [float(r["accuracy"]) for r in tests]
+    assert len(accuracies) == 3
+    y0_full = table_rows(text, "ablation_y0", "RetinaMNIST", "full")
+    assert y0_full[1][4] == f"{statistics.mean(accuracies):.3f} ± {statistics.stdev(accuracies):.3f}"
+    basic = "basic (ResNet-18)"
+    assert table_rows(text, "ablation_y0", "", basic) == table_rows(text, "ablation_h200", "", basic)
+    # the seeds table ranks the settings by their mean validation ACC (both datasets, S = 1 and 10, all seeds)
+    validation = matching(study, setting="y0", variant="full", split="validation")
+    assert len(validation) == 12
+    ranking = text.split("all seeds: ", 1)[1].split(".\n", 1)[0]
+    assert f"y0 {statistics.mean(float(r['accuracy']) for r in validation):.3f}" in ranking
 
 
 def matching(rows: list[dict[str, str]], **fields: str) -> list[dict[str, str]]:
