@@ -83,7 +83,7 @@ case "${PART:-all}" in
   seeds) picked=$(seq 29 36) ;;
   y0) picked=$(seq 37 40) ;;
   all) picked=$(seq 1 40) ;;
-  *[!0-9\ ]* | "") echo "PART must be ablation, study, seeds, all or job numbers, not ${PART}" >&2; exit 2 ;;
+  *[!0-9\ ]* | "") echo "PART must be ablation, study, seeds, y0, all or job numbers, not ${PART}" >&2; exit 2 ;;
   *) picked=$PART ;;
 esac
 
