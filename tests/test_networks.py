@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from ignite.engine import Events
 
 from scripts.backbone import ResNetTrunk, load_backbone_weights
 from scripts.engine import DiffMICTrainer
@@ -124,6 +125,61 @@ def test_c2_has_no_mmd_term_and_full_has_one():
     full = one_iteration("full")["output"]
     assert float(full["loss_mmd"]) > 0.0
     assert torch.isclose(full["loss"], full["loss_ce"] + full["loss_noise"] + 0.5 * full["loss_mmd"])
+
+
+def test_dcg_epochs_fixes_the_prior_after_them_while_the_denoiser_trains():
+    """dcg_epochs: 2 of 3 epochs (warm-up 1): epoch 3 leaves the DCG's weights and BatchNorm statistics as they
+    were and trains the denoiser on the eval-mode priors that validation sees."""
+    net = tiny_net(in_channels=1, num_classes=2)
+    batch = {"image": torch.randn(6, 1, 24, 24), "label": LABELS}
+    trainer = DiffMICTrainer(
+        device="cpu",
+        max_epochs=3,
+        train_data_loader=[batch],
+        network=net,
+        optimizer=torch.optim.Adam(net.head.parameters(), 1e-3),
+        dcg_optimizer=torch.optim.Adam(net.dcg.parameters(), 1e-3),
+        loss_function=torch.nn.CrossEntropyLoss(),
+        warmup_epochs=1,
+        dcg_epochs=2,
+        decollate=False,
+    )
+    states = {}
+
+    def snapshot(engine):
+        states[engine.state.epoch] = {
+            "dcg": {k: v.clone() for k, v in net.dcg.state_dict().items()},
+            "head": {k: v.clone() for k, v in net.head.state_dict().items()},
+            "output": engine.state.output,
+        }
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, snapshot)
+    trainer.run()
+    changed = {
+        e: [k for k in states[e]["dcg"] if not torch.equal(states[e]["dcg"][k], states[e - 1]["dcg"][k])]
+        for e in (2, 3)
+    }
+    assert changed[2] and not changed[3]  # epoch 2 trained the DCG, epoch 3 did not touch it
+    head_changed = [k for k in states[3]["head"] if not torch.equal(states[3]["head"][k], states[2]["head"][k])]
+    assert head_changed  # the denoiser still trains
+    assert states[2]["output"]["lr_dcg"] == 1e-3 and states[3]["output"]["lr_dcg"] == 0.0
+    assert "loss_ce" not in states[3]["output"] and float(states[3]["output"]["loss_noise"]) > 0
+    with torch.no_grad():  # the priors it trained on: those of the DCG in eval mode
+        expected = torch.softmax(net.dcg.eval()(batch["image"])["fused"], dim=1)
+    assert torch.allclose(torch.softmax(states[3]["output"]["pred"], dim=1), expected)
+
+    with pytest.raises(ValueError, match=r"dcg_epochs \(1\) must be at least warmup_epochs \(2\)"):
+        DiffMICTrainer(
+            device="cpu",
+            max_epochs=3,
+            train_data_loader=[batch],
+            network=net,
+            optimizer=torch.optim.Adam(net.head.parameters()),
+            dcg_optimizer=torch.optim.Adam(net.dcg.parameters()),
+            loss_function=torch.nn.CrossEntropyLoss(),
+            warmup_epochs=2,
+            dcg_epochs=1,
+        )
 
 
 def test_ema_ramps_up_and_is_used_for_sampling():

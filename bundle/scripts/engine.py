@@ -31,14 +31,17 @@ class DiffMICTrainer(SupervisedTrainer):
     denoiser (``optimizer``) on the loss ``MSE(eps, eps_hat_fused) + mmd_weight * (MMD(eps,
     eps_hat_global) + MMD(eps, eps_hat_local))``, then updates the EMA. The DCG runs once per
     iteration: its detached softmaxes are the priors of the three streams, and the image features are
-    computed once and shared by them. Without diffusion (the ``basic`` ablation) every epoch is a
-    cross-entropy epoch.
+    computed once and shared by them. After ``dcg_epochs`` the DCG stops training: it runs in eval mode
+    without gradients, so the encoder and denoiser learn on the fixed priors that validation and
+    inference see. Without diffusion (the ``basic`` ablation) every epoch is a cross-entropy epoch.
 
     Args:
         optimizer: optimizer of the encoder and denoiser (``network.head``).
         dcg_optimizer: optimizer of the DCG model (``network.dcg``).
         loss_function: the DCG's classification loss, applied to the global, local and fused logits.
         warmup_epochs: DCG-only epochs before joint training.
+        dcg_epochs: epochs the DCG trains, warm-up included (at least ``warmup_epochs``); None: every
+            epoch. Ignored without diffusion.
         noise_draws: (t, eps) draws per image per denoiser step, batched into one pass.
         mmd_weight: lambda; 0 removes the MMD terms (ablation C2).
         mmd_bandwidths: RBF bandwidths of the MMD kernel.
@@ -60,6 +63,7 @@ class DiffMICTrainer(SupervisedTrainer):
         *args,
         dcg_optimizer: Optimizer,
         warmup_epochs: int = 10,
+        dcg_epochs: int | None = None,
         noise_draws: int = 1,
         mmd_weight: float = 0.5,
         mmd_bandwidths: Sequence[float] = (1.0,),
@@ -70,6 +74,11 @@ class DiffMICTrainer(SupervisedTrainer):
         head_network: torch.nn.Module | None = None,
         **kwargs,
     ) -> None:
+        if dcg_epochs is not None and dcg_epochs < warmup_epochs:
+            raise ValueError(
+                f"dcg_epochs ({dcg_epochs}) must be at least warmup_epochs ({warmup_epochs}): "
+                "the warm-up trains the DCG alone"
+            )
         super().__init__(*args, **kwargs)
         self.dcg_network = dcg_network
         self.head_network = head_network
@@ -82,6 +91,7 @@ class DiffMICTrainer(SupervisedTrainer):
         self.skipped_steps = 0
         self.dcg_optimizer = dcg_optimizer
         self.warmup_epochs = warmup_epochs
+        self.dcg_epochs = dcg_epochs
         self.noise_draws = noise_draws
         self.mmd_weight = mmd_weight
         self.mmd_bandwidths = tuple(mmd_bandwidths)
@@ -90,6 +100,10 @@ class DiffMICTrainer(SupervisedTrainer):
     def in_warmup(self) -> bool:
         """True while the DCG trains alone (always, without diffusion)."""
         return self.state.epoch <= self.warmup_epochs or not unwrap(self.network).use_diffusion
+
+    def dcg_frozen(self) -> bool:
+        """True once the DCG has trained its ``dcg_epochs`` (never without diffusion)."""
+        return self.dcg_epochs is not None and self.state.epoch > self.dcg_epochs and not self.in_warmup()
 
     def reseed(self, engine: DiffMICTrainer | None = None) -> int:
         """Seeds every generator training draws from with a seed derived from (seed, epoch); returns it.
@@ -138,7 +152,8 @@ class DiffMICTrainer(SupervisedTrainer):
         return engine.state.output
 
     def _step(self, engine: DiffMICTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
-        """One iteration: a DCG step, then (after the warm-up) an encoder and denoiser step; returns the output."""
+        """One iteration: a DCG step (or, after ``dcg_epochs``, its fixed priors), then (after the warm-up) an encoder
+        and denoiser step; returns the output."""
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         images, labels = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
@@ -146,39 +161,68 @@ class DiffMICTrainer(SupervisedTrainer):
         model = unwrap(engine.network)
         engine.network.train()
 
-        # a skipped step must not leave its batch in the BatchNorm statistics either
-        skip = engine.on_nonfinite == "skip"
-        saved_dcg = _snapshot(model.dcg) if skip else []
+        if engine.dcg_frozen():
+            output, guidance, loss_ce = engine._fixed_guidance(model, images, labels)
+        else:
+            output, guidance, loss_ce = engine._dcg_step(model, images, labels)
+            if loss_ce is None or engine.in_warmup():
+                return output
 
-        # DCG step: one forward whose detached softmaxes are also the diffusion priors
-        with engine.autocast():
-            guidance = engine.inferer(images, engine.dcg_network or model.dcg)
-        guidance = {k: v.float() if v.is_floating_point() else v for k, v in guidance.items()}
-        # without the local stream the three logits are one tensor
-        heads = ("global", "local", "fused") if model.dcg.use_local_stream else ("global",)
-        loss_ce = sum(engine.loss_function(guidance[k], labels) for k in heads)
-        output = {Keys.IMAGE: images, Keys.LABEL: labels, Keys.PRED: guidance["fused"].detach()}
-        output["loss_ce"] = output[Keys.LOSS] = loss_ce.detach()
-        output["lr_dcg"] = engine.dcg_optimizer.param_groups[0]["lr"]
-        if not engine.finite(loss_ce=loss_ce):
-            _restore(saved_dcg)
-            return output
-        engine.backward_step(loss_ce, engine.dcg_optimizer)
-        if engine.in_warmup():
-            return output
-
-        saved_head = _snapshot(model.head) if skip else []
+        saved_head = _snapshot(model.head) if engine.on_nonfinite == "skip" else []
         loss_noise, loss_mmd = engine._diffusion_loss(model, images, labels, model.priors(guidance))
         loss = loss_noise + engine.mmd_weight * loss_mmd
         output.update(loss_noise=loss_noise.detach(), loss_mmd=loss_mmd.detach())
         if not engine.finite(loss_noise=loss_noise, loss_mmd=loss_mmd):
-            _restore(saved_head)  # the DCG step of this iteration was taken
+            _restore(saved_head)  # a DCG step of this iteration stays taken
             return output
         engine.backward_step(loss, engine.optimizer, clip=model.head.parameters())
         model.update_ema()
         output["lr_denoiser"] = engine.optimizer.param_groups[0]["lr"]
         output[Keys.LOSS] = (loss_ce + loss).detach()
         return output
+
+    def _fixed_guidance(
+        self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor]:
+        """The DCG outputs of a DCG that no longer trains: eval mode, as validation computes its priors.
+
+        Returns:
+            the iteration's output so far, the DCG outputs and a zero cross-entropy.
+        """
+        model.dcg.eval()
+        with torch.no_grad(), self.autocast():
+            guidance = self.inferer(images, model.dcg)
+        guidance = {k: v.float() if v.is_floating_point() else v for k, v in guidance.items()}
+        loss_ce = torch.zeros((), device=images.device)
+        output = {Keys.IMAGE: images, Keys.LABEL: labels, Keys.PRED: guidance["fused"], Keys.LOSS: loss_ce}
+        output["lr_dcg"] = 0.0
+        return output, guidance, loss_ce
+
+    def _dcg_step(
+        self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor | None]:
+        """One DCG cross-entropy step whose forward also gives the diffusion priors.
+
+        Returns:
+            the iteration's output so far, the DCG outputs (logits and priors) and the cross-entropy
+            (None when it was not finite and ``on_nonfinite: skip`` left the step out).
+        """
+        # a skipped step must not leave its batch in the BatchNorm statistics either
+        saved_dcg = _snapshot(model.dcg) if self.on_nonfinite == "skip" else []
+        with self.autocast():
+            guidance = self.inferer(images, self.dcg_network or model.dcg)
+        guidance = {k: v.float() if v.is_floating_point() else v for k, v in guidance.items()}
+        # without the local stream the three logits are one tensor
+        heads = ("global", "local", "fused") if model.dcg.use_local_stream else ("global",)
+        loss_ce = sum(self.loss_function(guidance[k], labels) for k in heads)
+        output = {Keys.IMAGE: images, Keys.LABEL: labels, Keys.PRED: guidance["fused"].detach()}
+        output["loss_ce"] = output[Keys.LOSS] = loss_ce.detach()
+        output["lr_dcg"] = self.dcg_optimizer.param_groups[0]["lr"]
+        if not self.finite(loss_ce=loss_ce):
+            _restore(saved_dcg)
+            return output, guidance, None
+        self.backward_step(loss_ce, self.dcg_optimizer)
+        return output, guidance, loss_ce
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed precision for the forward passes when ``amp`` is on (CUDA), else nothing."""
