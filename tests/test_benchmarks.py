@@ -4,7 +4,11 @@ import csv
 import gzip
 import importlib.util
 import math
+import os
 import statistics
+import subprocess
+import sys
+import tarfile
 
 import numpy as np
 from scipy.stats import binomtest
@@ -379,3 +383,38 @@ def test_sampling_steps_rows_agree_with_the_evaluation_inferer_and_resume(tmp_pa
     assert {k: again[k] for k in ("accuracy", "agreement_full_chain")} == {
         k: before[k] for k in ("accuracy", "agreement_full_chain")
     }
+
+
+def test_gpu_ablation_runs_a_picked_job_in_tiny_mode_and_packs_its_results(tmp_path):
+    """benchmarks/gpu_ablation.sh on the CPU: job 44 (a fixed prior, BreastMNIST) made tiny, then a bad PART."""
+    data_dir = require_data("medmnist/breastmnist.npz")
+    env = dict(
+        os.environ,
+        OUT=str(tmp_path),
+        DIFFMIC_DATA_DIR=str(data_dir),
+        PYTHON=sys.executable,
+        PART="44",
+        LIMIT="600",
+        EVAL_SECONDS="60",
+        EXTRA_ARGS="--tiny --datasets breastmnist --set dcg_epochs=1",  # 2 epochs; the prior fixed in the second
+    )
+    script = str(REPO / "benchmarks" / "gpu_ablation.sh")
+    done = subprocess.run(["bash", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    work = tmp_path / "work"
+    assert (work / "jobs.txt").read_text().startswith("job 44: exit 0 (--datasets breastmnist")
+    assert "cores:" in (work / "machine.txt").read_text()
+    rows = read_rows(work / "job44" / "results.csv")
+    assert sorted((r["split"], r["num_samples"]) for r in rows) == [
+        ("test", "1"),
+        ("test", "10"),
+        ("validation", "1"),
+        ("validation", "10"),
+    ]
+    assert {(r["setting"], r["overrides"].split()[0], r["epochs"]) for r in rows} == {("y0_dcg5", "dcg_epochs=5", "2")}
+    with tarfile.open(tmp_path / "results.tar.gz") as packed:
+        names = packed.getnames()
+    assert "work/job44/results.csv" in names and not any("/models" in n for n in names)
+
+    bad = subprocess.run(["bash", script], cwd=REPO, env=dict(env, PART="y1"), capture_output=True, text=True)
+    assert bad.returncode == 2 and "PART must be ablation, study, seeds, y0, fixed_prior, all" in bad.stderr
