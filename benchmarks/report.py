@@ -31,6 +31,8 @@ PAGE = REPO / "bundle" / "docs" / "benchmarks.md"
 RESULTS = REPO / "benchmarks" / "results"
 FIGURE = REPO / "bundle" / "docs" / "images" / "prior_vs_denoised_epochs.png"
 Y0_FIGURE = REPO / "bundle" / "docs" / "images" / "prior_vs_denoised_epochs_y0.png"
+FIXED_PRIOR_FIGURE = REPO / "bundle" / "docs" / "images" / "prior_vs_denoised_epochs_fixed_prior.png"
+FIXED_PRIOR_SETTINGS = ("y0_dcg5", "y0_dcg10")  # dcg_epochs 5 and 10 of 30 (train_evaluate.py --setting)
 STEPS_FIGURE = REPO / "bundle" / "docs" / "images" / "accuracy_vs_steps.png"
 CONFIGS = REPO / "bundle" / "configs"
 
@@ -506,7 +508,11 @@ def one(rows: Sequence[dict[str, str]], **fields: str) -> dict[str, str] | None:
 
 
 def study_cells(
-    metrics: Sequence[dict[str, str]], curves: Sequence[dict[str, str]], setting: str, dataset: str
+    metrics: Sequence[dict[str, str]],
+    curves: Sequence[dict[str, str]],
+    setting: str,
+    dataset: str,
+    with_device: bool = False,
 ) -> list[str]:
     """One row of the study table: validation metrics of a setting's seed-0 ``full`` run, test for information."""
     run = dict(dataset=dataset, setting=setting, variant="full", seed="0")
@@ -516,12 +522,13 @@ def study_cells(
     if val1 is None or val10 is None:
         last = curve(curves, "prior_accuracy", **run)
         status = "not finished in the lease" + (f" (last validated epoch {last[-1][0]})" if last else "")
-        return [setting, DATASETS[dataset], "-", "-", status] + ["-"] * 7
+        return [setting, DATASETS[dataset]] + ["-"] * with_device + ["-", "-", status] + ["-"] * 7
     overrides = " ".join(o for o in val10["overrides"].split() if not o.startswith("progress_bar=")) or "-"
     gaps = [float(r["accuracy"]) - float(r["prior_accuracy"]) for r in (val1, val10)]
     return [
         setting,
         DATASETS[dataset],
+        *([val10["device"]] if with_device else []),
         overrides,
         checkpoint_epoch(curves, **run),
         triple(val1, ("accuracy", "macro_f1", "auc")),
@@ -534,20 +541,35 @@ def study_cells(
     ]
 
 
-def study_table(metrics: list[dict[str, str]], curves: list[dict[str, str]]) -> str:
-    """The settings study on the validation split (seed 0, ``full``); settings without rows: not finished."""
-    settings = {r["setting"] for r in select(curves, variant="full", seed="0")} | {
+def study_table(
+    metrics: list[dict[str, str]],
+    curves: list[dict[str, str]],
+    settings: Sequence[str] | None = None,
+    with_device: bool = False,
+) -> str:
+    """The settings study on the validation split (seed 0, ``full``); settings without rows: not finished.
+
+    Args:
+        metrics: rows of ``collect.py`` metric CSVs.
+        curves: rows of its curves CSVs.
+        settings: the settings shown (None: every setting of the rows).
+        with_device: a column naming the device of each run (for rows of several sessions).
+    """
+    found = {r["setting"] for r in select(curves, variant="full", seed="0")} | {
         r["setting"] for r in select(metrics, variant="full", seed="0")
     }
+    settings = found if settings is None else found & set(settings)
     finished = {r["setting"] for r in select(metrics, variant="full", seed="0", split="validation")}
     order = sorted(settings, key=lambda s: (s != "default", s not in finished, s))
     rows = [
-        study_cells(metrics, curves, s, d)
+        study_cells(metrics, curves, s, d, with_device)
         for s in order
         for d in DATASETS
         if select(curves, setting=s, dataset=d, variant="full", seed="0") or select(metrics, setting=s, dataset=d)
     ]
-    header = ["setting", "dataset", "overrides", "checkpoint epoch", "val S=1 ACC / F1 / AUC"]
+    header = (
+        ["setting", "dataset"] + ["device"] * with_device + ["overrides", "checkpoint epoch", "val S=1 ACC / F1 / AUC"]
+    )
     header += ["val S=10 ACC / F1 / AUC", "val prior ACC / AUC", "val denoised - prior ACC (S=1 / S=10)"]
     header += ["training s", "test S=10 ACC / AUC (information)", "test prior ACC / AUC (information)"]
     return markdown(header, rows)
@@ -594,15 +616,15 @@ def seeds_table(metrics: list[dict[str, str]]) -> str:
     return markdown(header, rows) + f"\n\nMean validation ACC over both datasets, S = 1 and 10, all seeds: {ranking}."
 
 
-def draw_curves(curves: Sequence[dict[str, str]], path: Path, setting: str = "default") -> None:
+def draw_curves(curves: Sequence[dict[str, str]], path: Path, settings: Sequence[str] = ("default",)) -> None:
     """Validation ACC and AUC of the denoised prediction and of the DCG prior against epoch (``full``, seeds 0-2).
 
-    One column per dataset, one row per metric; written to ``<path>.partial`` and renamed.
+    One column per dataset, one row per metric, one colour per run; written to ``<path>.partial`` and renamed.
 
     Args:
         curves: rows of a ``collect.py`` curves CSV.
         path: the PNG file.
-        setting: the runs' setting (``train_evaluate.py --setting``).
+        settings: the runs' settings (``train_evaluate.py --setting``), named in the legend when more than one.
     """
     import matplotlib
 
@@ -614,20 +636,22 @@ def draw_curves(curves: Sequence[dict[str, str]], path: Path, setting: str = "de
     for column, (dataset, name) in enumerate(DATASETS.items()):
         for row, (metric, label) in enumerate((("accuracy", "validation ACC"), ("auc", "validation AUC"))):
             ax = axes[row][column]
-            for color, seed in zip(("C0", "C1", "C2"), SEEDS, strict=True):
+            runs = [(setting, seed) for setting in settings for seed in SEEDS]
+            for index, (setting, seed) in enumerate(runs):
                 run = dict(dataset=dataset, setting=setting, variant="full", seed=seed)
+                name = f"{setting} seed {seed}" if len(settings) > 1 else f"seed {seed}"
                 for tag, style, kind in ((metric, "-", "denoised"), (f"prior_{metric}", "--", "DCG prior")):
                     points = curve(curves, tag, **run)
                     if points:
                         epochs, values = zip(*points, strict=True)
-                        ax.plot(epochs, values, style, color=color, label=f"seed {seed}, {kind}")
+                        ax.plot(epochs, values, style, color=f"C{index}", label=f"{name}, {kind}")
             ax.set_title(f"{name}: {label}")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
             if row == 1:
                 ax.set_xlabel("epoch")
     axes[0][0].legend(fontsize="small", ncol=2)
-    recipe = "small recipe" if setting == "default" else f"small recipe, {setting}"
+    recipe = "small recipe" if settings == ("default",) else f"small recipe, {', '.join(settings)}"
     fig.suptitle(f"full, {recipe}, validation split: denoised prediction (S=1, solid) and fused DCG prior (dashed)")
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
@@ -803,6 +827,10 @@ TABLES: dict[str, tuple[tuple[str | tuple[str, ...], ...], Callable[..., str]]] 
     "speed_cpu": (("speed_cpu.csv",), speed_table),
     "sampling_steps_cpu": (("sampling_steps_cpu.csv",), sampling_steps_table),
     "smallest_k_cpu": (("sampling_steps_cpu.csv",), smallest_agreeing_k_table),
+    "fixed_prior_cpu": (
+        (("study_h100.csv", "fixed_prior_cpu.csv"), ("study_h100_curves.csv", "fixed_prior_cpu_curves.csv")),
+        functools.partial(study_table, settings=("y0", *FIXED_PRIOR_SETTINGS), with_device=True),
+    ),
     "paper_datasets_cpu": (
         ("paper_datasets_cpu.csv", "paper_datasets_cpu_predictions.csv.gz", "paper_datasets_cpu_curves.csv"),
         paper_datasets_table,
@@ -816,6 +844,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--figure", type=Path, default=FIGURE, help="the training-curves PNG redrawn")
     parser.add_argument("--y0-figure", type=Path, default=Y0_FIGURE, help="the same, of the y0 setting")
+    parser.add_argument(
+        "--fixed-prior-figure", type=Path, default=FIXED_PRIOR_FIGURE, help="the same, of the fixed-prior runs"
+    )
     parser.add_argument("--steps-figure", type=Path, default=STEPS_FIGURE, help="the accuracy-against-K PNG redrawn")
     args = parser.parse_args(argv)
     text = args.page.read_text()
@@ -838,7 +869,8 @@ def main(argv: list[str] | None = None) -> str:
     partial.write_text(text)
     partial.replace(args.page)
     draw_curves(load("ablation_h200_curves.csv"), args.figure)
-    draw_curves(load("study_h100_curves.csv"), args.y0_figure, setting="y0")
+    draw_curves(load("study_h100_curves.csv"), args.y0_figure, settings=("y0",))
+    draw_curves(load("fixed_prior_cpu_curves.csv"), args.fixed_prior_figure, settings=FIXED_PRIOR_SETTINGS)
     draw_sampling_steps(load("sampling_steps_cpu.csv"), args.steps_figure)
     return text
 

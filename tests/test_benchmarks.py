@@ -108,17 +108,18 @@ def test_train_evaluate_tiny_run_records_each_evaluation_once(tmp_path):
 def test_report_rebuilds_the_tables_from_the_committed_csvs(tmp_path):
     """benchmarks/report.py fills each marked table of a page from benchmarks/results/ and keeps the prose."""
     page, figure, steps_figure = tmp_path / "page.md", tmp_path / "curves.png", tmp_path / "steps.png"
-    y0_figure = tmp_path / "curves_y0.png"
+    y0_figure, fixed_prior_figure = tmp_path / "curves_y0.png", tmp_path / "curves_fixed_prior.png"
     names = ["evaluation_h200", "ablation_h200", "published", "study_h200", "flips_h200", "sampling_steps_cpu"]
     names += ["smallest_k_cpu", "evaluation_cpu", "speed_cpu", "study_cpu", "paper_datasets_cpu"]
-    names += ["ablation_y0", "study_h100", "seeds"]
+    names += ["ablation_y0", "study_h100", "seeds", "fixed_prior_cpu"]
     blocks = ["<!-- table:speed_h200 -->\nstale\n<!-- end -->"] + [f"<!-- table:{n} -->\n<!-- end -->" for n in names]
     page.write_text(f"intro\n{blocks[0]}\nmiddle\n" + "\n".join(blocks[1:]) + "\n")
     report = load_script("report")
     figures = ["--figure", str(figure), "--steps-figure", str(steps_figure), "--y0-figure", str(y0_figure)]
+    figures += ["--fixed-prior-figure", str(fixed_prior_figure)]
     text = report.main(["--page", str(page), *figures])
     assert page.read_text() == text and text.startswith("intro\n") and "stale" not in text and "middle" in text
-    for png in (figure, steps_figure, y0_figure):
+    for png in (figure, steps_figure, y0_figure, fixed_prior_figure):
         assert png.read_bytes().startswith(b"\x89PNG")
     settings = 0
     for name in ("speed_h200", "speed_cpu"):
