@@ -639,12 +639,12 @@ def draw_curves(curves: Sequence[dict[str, str]], path: Path, settings: Sequence
             runs = [(setting, seed) for setting in settings for seed in SEEDS]
             for index, (setting, seed) in enumerate(runs):
                 run = dict(dataset=dataset, setting=setting, variant="full", seed=seed)
-                name = f"{setting} seed {seed}" if len(settings) > 1 else f"seed {seed}"
+                run_name = f"{setting} seed {seed}" if len(settings) > 1 else f"seed {seed}"
                 for tag, style, kind in ((metric, "-", "denoised"), (f"prior_{metric}", "--", "DCG prior")):
                     points = curve(curves, tag, **run)
                     if points:
                         epochs, values = zip(*points, strict=True)
-                        ax.plot(epochs, values, style, color=f"C{index}", label=f"{name}, {kind}")
+                        ax.plot(epochs, values, style, color=f"C{index}", label=f"{run_name}, {kind}")
             ax.set_title(f"{name}: {label}")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
