@@ -33,7 +33,10 @@ FIGURE = REPO / "bundle" / "docs" / "images" / "prior_vs_denoised_epochs.png"
 Y0_FIGURE = REPO / "bundle" / "docs" / "images" / "prior_vs_denoised_epochs_y0.png"
 FIXED_PRIOR_FIGURE = REPO / "bundle" / "docs" / "images" / "prior_vs_denoised_epochs_fixed_prior.png"
 FIXED_PRIOR_SETTINGS = ("y0_dcg5", "y0_dcg10")  # dcg_epochs 5 and 10 of 30 (train_evaluate.py --setting)
+LR_FIGURE = REPO / "bundle" / "docs" / "images" / "prior_vs_denoised_epochs_lr.png"
+LR_SETTINGS = ("y0", "y0_lr3e-4")  # the y0 recipe on the CPU, and with lr_denoiser 0.0003 instead of 0.001
 STEPS_FIGURE = REPO / "bundle" / "docs" / "images" / "accuracy_vs_steps.png"
+Y0_STEPS_FIGURE = REPO / "bundle" / "docs" / "images" / "accuracy_vs_steps_y0.png"
 CONFIGS = REPO / "bundle" / "configs"
 
 DATASETS = {"breastmnist": "BreastMNIST", "retinamnist": "RetinaMNIST"}  # the ablation's datasets, in page order
@@ -158,11 +161,11 @@ def speed_table(rows: list[dict[str, str]]) -> str:
     return markdown(header, out)
 
 
-def evaluation_table(rows: list[dict[str, str]]) -> str:
-    """Test-split metrics of the denoised prediction and of the fused DCG prior, per evaluation."""
+def evaluation_table(rows: list[dict[str, str]], setting: str = "default") -> str:
+    """Test-split metrics of the denoised prediction and of the fused DCG prior, per evaluation of a setting."""
     out = []
     for r in rows:
-        if r.get("split", "test") != "test" or r.get("setting", "default") != "default":  # older files: test only
+        if r.get("split", "test") != "test" or r.get("setting", "default") != setting:  # older files: test only
             continue
         out.append(
             [r["dataset"], r["recipe"], r["epochs"], r["num_samples"]]
@@ -700,9 +703,9 @@ def ordered_datasets(rows: Sequence[dict[str, str]]) -> list[str]:
     return [d for d in DATASETS if d in present] + [d for d in present if d not in DATASETS]
 
 
-def sampling_steps_table(rows: list[dict[str, str]], split: str = "test") -> str:
+def sampling_steps_table(rows: list[dict[str, str]], split: str = "test", setting: str = "default") -> str:
     """ACC / F1 / AUC and agreement with the full chain per number of reverse steps, for each chain kind."""
-    rows = select(rows, split=split, setting="default")
+    rows = select(rows, split=split, setting=setting)
     total, out = full_chain_steps(rows), []
     for dataset in ordered_datasets(rows):
         mine = select(rows, dataset=dataset)
@@ -724,9 +727,9 @@ def sampling_steps_table(rows: list[dict[str, str]], split: str = "test") -> str
     return markdown(header + ["ms per image, S=10 (sampling only)"], out)
 
 
-def smallest_agreeing_k_table(rows: list[dict[str, str]], split: str = "test") -> str:
+def smallest_agreeing_k_table(rows: list[dict[str, str]], split: str = "test", setting: str = "default") -> str:
     """The smallest K whose predicted labels agree with the full chain's on at least 99 % of the images."""
-    rows = select(rows, split=split, sampler="ddim", setting="default")
+    rows = select(rows, split=split, sampler="ddim", setting=setting)
     total, out = full_chain_steps(rows), []
     for dataset in ordered_datasets(rows):
         for samples, start, name in CHAINS:
@@ -754,7 +757,9 @@ def smallest_agreeing_k_table(rows: list[dict[str, str]], split: str = "test") -
     return markdown(header + ["full-chain ACC", "prior ACC", "images"], out)
 
 
-def draw_sampling_steps(rows: Sequence[dict[str, str]], path: Path, split: str = "test") -> None:
+def draw_sampling_steps(
+    rows: Sequence[dict[str, str]], path: Path, split: str = "test", setting: str = "default"
+) -> None:
     """Test ACC and AUC against the number of DDIM steps (log scale), one column per dataset.
 
     Lines: S=1 and S=10 chains from N(prior, I) and the deterministic chain from the prior mean; the fused
@@ -766,7 +771,7 @@ def draw_sampling_steps(rows: Sequence[dict[str, str]], path: Path, split: str =
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    rows = select(rows, split=split, setting="default")
+    rows = select(rows, split=split, setting=setting)
     datasets = ordered_datasets(rows)
     fig = Figure(figsize=(5 * len(datasets), 6.5), layout="constrained")
     axes = fig.subplots(2, len(datasets), sharex=True, squeeze=False)
@@ -827,6 +832,13 @@ TABLES: dict[str, tuple[tuple[str | tuple[str, ...], ...], Callable[..., str]]] 
     "speed_cpu": (("speed_cpu.csv",), speed_table),
     "sampling_steps_cpu": (("sampling_steps_cpu.csv",), sampling_steps_table),
     "smallest_k_cpu": (("sampling_steps_cpu.csv",), smallest_agreeing_k_table),
+    "evaluation_y0_cpu": (("small_y0_cpu.csv",), functools.partial(evaluation_table, setting="y0")),
+    "sampling_steps_y0_cpu": (("sampling_steps_y0_cpu.csv",), functools.partial(sampling_steps_table, setting="y0")),
+    "smallest_k_y0_cpu": (("sampling_steps_y0_cpu.csv",), functools.partial(smallest_agreeing_k_table, setting="y0")),
+    "learning_rate_cpu": (
+        (("small_y0_cpu.csv", "learning_rate_cpu.csv"), ("small_y0_cpu_curves.csv", "learning_rate_cpu_curves.csv")),
+        functools.partial(study_table, settings=LR_SETTINGS, with_device=True),
+    ),
     "fixed_prior_cpu": (
         (("study_h100.csv", "fixed_prior_cpu.csv"), ("study_h100_curves.csv", "fixed_prior_cpu_curves.csv")),
         functools.partial(study_table, settings=("y0", *FIXED_PRIOR_SETTINGS), with_device=True),
@@ -848,6 +860,8 @@ def main(argv: list[str] | None = None) -> str:
         "--fixed-prior-figure", type=Path, default=FIXED_PRIOR_FIGURE, help="the same, of the fixed-prior runs"
     )
     parser.add_argument("--steps-figure", type=Path, default=STEPS_FIGURE, help="the accuracy-against-K PNG redrawn")
+    parser.add_argument("--lr-figure", type=Path, default=LR_FIGURE, help="the same, of the learning-rate runs")
+    parser.add_argument("--y0-steps-figure", type=Path, default=Y0_STEPS_FIGURE, help="the same, of the y0 recipe")
     args = parser.parse_args(argv)
     text = args.page.read_text()
     cache: dict[str, list[dict[str, str]]] = {}
@@ -871,7 +885,9 @@ def main(argv: list[str] | None = None) -> str:
     draw_curves(load("ablation_h200_curves.csv"), args.figure)
     draw_curves(load("study_h100_curves.csv"), args.y0_figure, settings=("y0",))
     draw_curves(load("fixed_prior_cpu_curves.csv"), args.fixed_prior_figure, settings=FIXED_PRIOR_SETTINGS)
+    draw_curves(load(("small_y0_cpu_curves.csv", "learning_rate_cpu_curves.csv")), args.lr_figure, settings=LR_SETTINGS)
     draw_sampling_steps(load("sampling_steps_cpu.csv"), args.steps_figure)
+    draw_sampling_steps(load("sampling_steps_y0_cpu.csv"), args.y0_steps_figure, setting="y0")
     return text
 
 

@@ -109,17 +109,20 @@ def test_report_rebuilds_the_tables_from_the_committed_csvs(tmp_path):
     """benchmarks/report.py fills each marked table of a page from benchmarks/results/ and keeps the prose."""
     page, figure, steps_figure = tmp_path / "page.md", tmp_path / "curves.png", tmp_path / "steps.png"
     y0_figure, fixed_prior_figure = tmp_path / "curves_y0.png", tmp_path / "curves_fixed_prior.png"
+    y0_steps_figure, lr_figure = tmp_path / "steps_y0.png", tmp_path / "curves_lr.png"
     names = ["evaluation_h200", "ablation_h200", "published", "study_h200", "flips_h200", "sampling_steps_cpu"]
     names += ["smallest_k_cpu", "evaluation_cpu", "speed_cpu", "study_cpu", "paper_datasets_cpu"]
     names += ["ablation_y0", "study_h100", "seeds", "fixed_prior_cpu"]
+    names += ["evaluation_y0_cpu", "sampling_steps_y0_cpu", "smallest_k_y0_cpu", "learning_rate_cpu"]
     blocks = ["<!-- table:speed_h200 -->\nstale\n<!-- end -->"] + [f"<!-- table:{n} -->\n<!-- end -->" for n in names]
     page.write_text(f"intro\n{blocks[0]}\nmiddle\n" + "\n".join(blocks[1:]) + "\n")
     report = load_script("report")
     figures = ["--figure", str(figure), "--steps-figure", str(steps_figure), "--y0-figure", str(y0_figure)]
-    figures += ["--fixed-prior-figure", str(fixed_prior_figure)]
+    figures += ["--fixed-prior-figure", str(fixed_prior_figure), "--y0-steps-figure", str(y0_steps_figure)]
+    figures += ["--lr-figure", str(lr_figure)]
     text = report.main(["--page", str(page), *figures])
     assert page.read_text() == text and text.startswith("intro\n") and "stale" not in text and "middle" in text
-    for png in (figure, steps_figure, y0_figure, fixed_prior_figure):
+    for png in (figure, steps_figure, y0_figure, fixed_prior_figure, y0_steps_figure, lr_figure):
         assert png.read_bytes().startswith(b"\x89PNG")
     settings = 0
     for name in ("speed_h200", "speed_cpu"):
@@ -129,7 +132,9 @@ def test_report_rebuilds_the_tables_from_the_committed_csvs(tmp_path):
     assert text.count("(small)") + text.count("(paper)") == settings  # one table row per setting
     evaluations = read_rows(RESULTS / "train_evaluate_h200.csv")
     evaluations += matching(read_rows(RESULTS / "small_cpu.csv"), split="test", setting="default")
-    for r in evaluations:
+    y0_evaluations = matching(read_rows(RESULTS / "small_y0_cpu.csv"), split="test", setting="y0")
+    assert len(y0_evaluations) == 4  # two datasets x S = 1 and 10
+    for r in evaluations + y0_evaluations:
         assert (
             f"| {r['dataset']} | {r['recipe']} | {r['epochs']} | {r['num_samples']} | {float(r['accuracy']):.3f} |"
             in text
@@ -162,16 +167,22 @@ def test_report_rebuilds_the_tables_from_the_committed_csvs(tmp_path):
     assert flips[0][5:7] == [str(fixed), str(broken)]
 
     # the smallest K agreeing with the full chain on >= 99 % of the test images, from the CSV
-    steps = matching(read_rows(RESULTS / "sampling_steps_cpu.csv"), split="test", sampler="ddim", start="noise")
-    for dataset in {r["dataset"] for r in steps}:
-        chain = sorted(matching(steps, dataset=dataset, samples="1"), key=lambda r: int(r["steps"]))
-        assert int(chain[-1]["steps"]) == 1000 and float(chain[-1]["agreement_full_chain"]) == 1.0
-        smallest = min(
-            int(r["steps"])
-            for r in chain
-            if all(float(x["agreement_full_chain"]) >= 0.99 for x in chain if int(x["steps"]) >= int(r["steps"]))
-        )
-        assert table_rows(text, "smallest_k_cpu", dataset, "S=1")[0][2] == str(smallest)
+    for table, csv_name, setting in (
+        ("smallest_k_cpu", "sampling_steps_cpu", "default"),
+        ("smallest_k_y0_cpu", "sampling_steps_y0_cpu", "y0"),
+    ):
+        steps = matching(read_rows(RESULTS / f"{csv_name}.csv"), split="test", sampler="ddim", start="noise")
+        steps = matching(steps, setting=setting)
+        assert {"breastmnist", "retinamnist"} <= {r["dataset"] for r in steps}
+        for dataset in {r["dataset"] for r in steps}:
+            chain = sorted(matching(steps, dataset=dataset, samples="1"), key=lambda r: int(r["steps"]))
+            assert int(chain[-1]["steps"]) == 1000 and float(chain[-1]["agreement_full_chain"]) == 1.0
+            smallest = min(
+                int(r["steps"])
+                for r in chain
+                if all(float(x["agreement_full_chain"]) >= 0.99 for x in chain if int(x["steps"]) >= int(r["steps"]))
+            )
+            assert table_rows(text, table, dataset, "S=1")[0][2] == str(smallest)
 
     # the paper's datasets at CPU scale: the CSV's value, the paper's row beside it, McNemar against basic
     paper = read_rows(RESULTS / "paper_datasets_cpu.csv")
