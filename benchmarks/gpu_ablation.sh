@@ -6,7 +6,8 @@
 #      denoiser, no EMA, more noise draws, a smaller MMD weight, 64 px, a denoiser that predicts y0 instead of
 #      the noise, with and without EMA), one seed, chosen on the validation split.
 #   3. two more seeds of the y0 and y0_no_ema settings, and C1 and C2 with y0: the ablation of the winner;
-#   4. a prior that stops training (dcg_epochs) at the warm-up's end, 3 seeds, and after 10 epochs, one seed.
+#   4. a prior that stops training (dcg_epochs) at the warm-up's end, 3 seeds, and after 10 epochs, one seed;
+#   5. the encoder and denoiser at a third of the learning rate (lr_denoiser 0.0003), 3 seeds.
 # Every line below is one train_evaluate.py job with its own folder; JOBS of them run at once (a 28 px run is
 # launch-bound and leaves the GPU mostly idle). Each job's training stops EVAL_SECONDS before LIMIT (at the end
 # of an iteration, reporting the epochs it completed), so that its best checkpoint is still evaluated; whatever is
@@ -17,7 +18,7 @@
 # (1-24) ran the noise target: EXTRA_ARGS="--set prediction_type=epsilon" reruns those as they ran.
 # EXTRA_ARGS adds arguments to every job (e.g. "--tiny --datasets breastmnist" for a dry run on a CPU).
 # PART=ablation runs only the ablation's jobs (1-12), PART=study only the study's (13-28), PART=seeds 29-36,
-# PART=y0 37-40, PART=fixed_prior 41-48; all by default. PART may also list job numbers, started in that order
+# PART=y0 37-40, PART=fixed_prior 41-48, PART=learning_rate 49-54; all by default. PART may also list job numbers, started in that order
 # (e.g. PART="25 26 29 19").
 set -u
 : "${OUT:?set OUT to the results folder}"
@@ -85,6 +86,12 @@ jobs() {
 --datasets breastmnist $both --no-tsne --seeds 2 --setting y0_dcg5 --set dcg_epochs=5
 --datasets retinamnist $study --setting y0_dcg10 --set dcg_epochs=10
 --datasets breastmnist $study --setting y0_dcg10 --set dcg_epochs=10
+--datasets retinamnist $both --no-tsne --seeds 0 --setting y0_lr3e-4 --set lr_denoiser=0.0003
+--datasets retinamnist $both --no-tsne --seeds 1 --setting y0_lr3e-4 --set lr_denoiser=0.0003
+--datasets retinamnist $both --no-tsne --seeds 2 --setting y0_lr3e-4 --set lr_denoiser=0.0003
+--datasets breastmnist $both --no-tsne --seeds 0 --setting y0_lr3e-4 --set lr_denoiser=0.0003
+--datasets breastmnist $both --no-tsne --seeds 1 --setting y0_lr3e-4 --set lr_denoiser=0.0003
+--datasets breastmnist $both --no-tsne --seeds 2 --setting y0_lr3e-4 --set lr_denoiser=0.0003
 EOF
 }
 case "${PART:-all}" in
@@ -93,8 +100,9 @@ case "${PART:-all}" in
   seeds) picked=$(seq 29 36) ;;
   y0) picked=$(seq 37 40) ;;
   fixed_prior) picked=$(seq 41 48) ;;
-  all) picked=$(seq 1 48) ;;
-  *[!0-9\ ]* | "") echo "PART must be ablation, study, seeds, y0, fixed_prior, all or job numbers, not ${PART}" >&2; exit 2 ;;
+  learning_rate) picked=$(seq 49 54) ;;
+  all) picked=$(seq 1 54) ;;
+  *[!0-9\ ]* | "") echo "PART must be ablation, study, seeds, y0, fixed_prior, learning_rate, all or job numbers, not ${PART}" >&2; exit 2 ;;
   *) picked=$PART ;;
 esac
 

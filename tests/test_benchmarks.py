@@ -429,4 +429,6 @@ def test_gpu_ablation_runs_a_picked_job_in_tiny_mode_and_packs_its_results(tmp_p
     assert "work/job44/results.csv" in names and not any("/models" in n for n in names)
 
     bad = subprocess.run(["bash", script], cwd=REPO, env=dict(env, PART="y1"), capture_output=True, text=True)
-    assert bad.returncode == 2 and "PART must be ablation, study, seeds, y0, fixed_prior, all" in bad.stderr
+    assert (
+        bad.returncode == 2 and "PART must be ablation, study, seeds, y0, fixed_prior, learning_rate, all" in bad.stderr
+    )
