@@ -14,6 +14,7 @@ from monai.bundle import ConfigWorkflow
 
 from conftest import BUNDLE, TINY, bundle_configs, require_data
 from scripts.checkpoint import AtomicDiskSaver, latest_checkpoint, resume_training
+from scripts.folder_lock import LOCK_NAME, FolderLock
 
 CONFIGS = ["configs/train.yaml", "configs/data/breastmnist.yaml", "configs/small.yaml"]
 
@@ -66,7 +67,9 @@ def test_killed_training_resumes_to_the_uninterrupted_result(trained_bundle, tmp
     log = (tmp_path / "training1.log").read_text()
     assert resumed.returncode == 0, log[-3000:]
     assert f"resumed from {interrupted_at}" in log
-    assert latest_checkpoint(str(tmp_path / "models")).endswith("latest_checkpoint_epoch=3.pt")
+    assert "%|" not in log  # --progress_bar false: no bar
+    kept = sorted(p.name for p in (tmp_path / "models").iterdir())  # the checkpoint resumed from is replaced
+    assert kept == ["latest_checkpoint_epoch=3.pt", "model.pt"], kept
 
     reference = trained_bundle["dir"] / "models"
     for name in ("model.pt", "latest_checkpoint_epoch=3.pt"):
@@ -114,6 +117,7 @@ def test_a_new_training_does_not_write_over_an_old_one(tmp_path):
         resume_training(None, {}, str(models))
     assert (models / "model.pt").exists()
     assert resume_training(None, {}, str(models), overwrite=True) is None
-    assert not list(models.iterdir())
+    assert [p.name for p in models.iterdir()] == [LOCK_NAME]  # held until this process ends or releases it
+    FolderLock(str(models)).release()
     with pytest.raises(FileNotFoundError, match="nothing.pt not found"):
         resume_training(None, {}, str(models), resume_from=str(models / "nothing.pt"))

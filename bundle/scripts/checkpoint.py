@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import re
+import shutil
 from pathlib import Path
 
 import ignite.distributed as idist
@@ -14,6 +16,9 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointSaver
 from torch import nn
+
+from .folder_lock import FolderLock
+from .options import as_bool
 
 __all__ = [
     "load_checkpoint",
@@ -27,6 +32,7 @@ __all__ = [
 ]
 
 LATEST = re.compile(r"^latest_checkpoint_epoch=(\d+)\.pt$")  # the names of the latest-state checkpoints
+PARTIAL = ".partial"  # suffix of a checkpoint being written; one left in model_dir is a killed run's
 logger = logging.getLogger(__name__)
 
 MAX_LISTED = 20  # mismatching keys shown per kind
@@ -113,9 +119,11 @@ class WeightsLoader:
 
 
 class AtomicDiskSaver(DiskSaver):
-    """Writes each checkpoint to ``<name>.partial`` and renames it into place, and deletes the checkpoint
+    """Writes each checkpoint to ``<name>.<pid>.partial`` and renames it into place, and deletes the checkpoint
     it replaces only after that, so that a process killed at any moment leaves a complete checkpoint
     (MONAI's CheckpointSaver writes in place, and ignite deletes the old file before writing the new).
+    A failed write (a full disk, a read-only folder) removes its partial file and raises an error naming
+    the file, the free space and what to do; the previous checkpoint stays.
 
     Args:
         dirname: the folder of the checkpoints.
@@ -131,9 +139,21 @@ class AtomicDiskSaver(DiskSaver):
         if idist.get_rank() != self.save_on_rank:  # several processes: only rank 0 writes, as ignite's DiskSaver
             return
         path = self.dirname / (self.filename or filename)
-        partial = path.with_name(f"{path.name}.partial")
-        torch.save(checkpoint, partial)
-        os.replace(partial, path)
+        partial = path.with_name(f"{path.name}.{os.getpid()}{PARTIAL}")  # two writers never share a name
+        try:
+            torch.save(checkpoint, partial)
+            os.replace(partial, path)
+        except BaseException as error:
+            with contextlib.suppress(OSError):
+                os.remove(partial)
+            if not isinstance(error, OSError | RuntimeError):
+                raise
+            free = shutil.disk_usage(self.dirname).free / 2**20 if self.dirname.is_dir() else 0.0
+            raise OSError(
+                f"could not write {path} ({type(error).__name__}: {str(error).strip() or 'write failed'}); "
+                f"{free:.0f} MiB free in {self.dirname}. Free some space or make the folder writable (or choose "
+                "another --model_dir) and resume with --resume true: the previous checkpoint is kept"
+            ) from error
         for name in self.pending:
             if name != path.name and (self.dirname / name).exists():
                 os.remove(self.dirname / name)
@@ -145,6 +165,10 @@ class AtomicDiskSaver(DiskSaver):
         if self.filename is None:
             self.pending.append(filename)
 
+    def supersede(self, filenames: list[str]) -> None:
+        """Deletes these files once the next checkpoint is in place (those a resumed run started from)."""
+        self.pending.extend(filenames)
+
 
 class AtomicCheckpointSaver(CheckpointSaver):
     """MONAI's :class:`~monai.handlers.CheckpointSaver` (same arguments) writing through :class:`AtomicDiskSaver`."""
@@ -155,6 +179,11 @@ class AtomicCheckpointSaver(CheckpointSaver):
             if checkpoint is not None:
                 saver = checkpoint.save_handler
                 checkpoint.save_handler = AtomicDiskSaver(saver.dirname, getattr(saver, "filename", None))
+
+    def supersede(self, filenames: list[str]) -> None:
+        """Deletes these files once the next interval checkpoint is written (see :meth:`AtomicDiskSaver.supersede`)."""
+        if self._interval_checkpoint is not None:
+            self._interval_checkpoint.save_handler.supersede(filenames)
 
 
 class SelectionState:
@@ -192,6 +221,15 @@ def latest_checkpoint(model_dir: str) -> str | None:
     return os.path.join(model_dir, max(found)[1]) if found else None
 
 
+def _horizon(scheduler: object) -> dict:
+    """The length settings of a warm-up/cosine LR schedule, which the config sets from ``max_epochs``."""
+    return (
+        {k: v for k, v in vars(scheduler).items() if k in ("t_total", "warmup_steps")}
+        if hasattr(scheduler, "t_total")
+        else {}
+    )
+
+
 def resume_training(
     trainer: Engine,
     objects: dict,
@@ -199,20 +237,35 @@ def resume_training(
     resume: bool = False,
     resume_from: str | None = None,
     overwrite: bool = False,
+    saver: AtomicCheckpointSaver | None = None,
 ) -> str | None:
-    """Restores every object of the latest checkpoint before training starts, or refuses to write over one.
+    """Locks ``model_dir``, removes a killed run's partial files, then restores every object of the latest
+    checkpoint before training starts, or refuses to write over a finished or interrupted training.
 
     Args:
         trainer: the training engine (its epoch and iteration are restored; ``max_epochs`` stays the config's).
         objects: what the latest checkpoint holds, by name (networks, optimizers, scheduler, trainer, ...).
-        model_dir: where training writes ``model.pt`` and ``latest_checkpoint_epoch=N.pt``.
+        model_dir: where training writes ``model.pt`` and ``latest_checkpoint_epoch=N.pt``; created if missing.
         resume: continue from the newest latest checkpoint in ``model_dir`` (start afresh if there is none).
         resume_from: continue from this checkpoint file.
         overwrite: start a new training although ``model_dir`` holds one (its checkpoints are deleted).
+        saver: the latest-checkpoint saver; the checkpoints a resumed run starts from are deleted once it
+            has written its next one.
 
     Returns:
         the checkpoint resumed from, or None for a new training.
     """
+    resume, overwrite = as_bool(resume), as_bool(overwrite)
+    if idist.get_rank() == 0:  # one lock for a torchrun job: rank 0 writes every file
+        lock = FolderLock(model_dir).acquire()
+        if trainer is not None:
+            trainer.add_event_handler(Events.COMPLETED, lock.release)
+        for name in sorted(os.listdir(model_dir)):
+            if name.endswith(PARTIAL):  # no other process writes here while we hold the lock
+                os.remove(os.path.join(model_dir, name))
+                logger.info(f"removed {name}, a checkpoint that an interrupted run did not finish writing")
+    else:
+        os.makedirs(model_dir, exist_ok=True)
     latest = latest_checkpoint(model_dir)
     if resume_from is None and not resume:
         existing = [p for p in (latest, os.path.join(model_dir, "model.pt")) if p and os.path.isfile(p)]
@@ -238,7 +291,17 @@ def resume_training(
         if isinstance(obj, nn.Module):
             check_fits(obj, checkpoint[name], path)
     max_epochs = trainer.state.max_epochs
+    horizons = {name: _horizon(obj) for name, obj in objects.items() if _horizon(obj)}
     Checkpoint.load_objects(to_load=objects, checkpoint=checkpoint)
-    trainer.state.max_epochs = max_epochs  # the config may extend a finished training
+    trainer.state.max_epochs = max_epochs  # the config may extend a finished training ...
+    for name, horizon in horizons.items():  # ... and its LR schedule with it (a checkpoint holds the old length)
+        scheduler = objects[name]
+        scheduler.__dict__.update(horizon)
+        steps = zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+        rates = [base * rate(scheduler.last_epoch) for base, rate in steps]
+        for group, lr in zip(scheduler.optimizer.param_groups, rates, strict=True):
+            group["lr"] = lr  # the rate of the resumed step on the new schedule
+    if saver is not None:  # n_saved=1: the next latest checkpoint replaces those found here
+        saver.supersede(sorted(name for name in os.listdir(model_dir) if LATEST.match(name)))
     logger.info(f"resumed from {path} after epoch {trainer.state.epoch} (iteration {trainer.state.iteration})")
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import logging
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -25,6 +26,8 @@ __all__ = [
     "IMAGE_EXTENSIONS",
 ]
 
+logger = logging.getLogger(__name__)
+
 # files that inference reads from a folder: MONAI's PIL, NiBabel and ITK readers load them
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".dcm")
 
@@ -32,7 +35,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".
 def _read_csv(path: str, columns: Sequence[str]) -> list[dict[str, str]]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: check dataset_dir and the dataset's layout in its README")
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a BOM is not part of the first column
         reader = csv.DictReader(f)
         found = reader.fieldnames or []
         missing = [c for c in columns if c not in found]
@@ -229,13 +232,24 @@ def folder_datalist(folder: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -
 
     The identifier is the path relative to ``folder`` without its extension (``ISIC_0024306`` for
     ``ISIC_0024306.jpg``), which is how the training datalists name images, so the sampling noise, seeded
-    by identifier, is the same for an image in evaluation and in inference.
+    by identifier, is the same for an image in evaluation and in inference. Symlinked subfolders are
+    followed; one that leads back to a folder already listed (a loop) is skipped with a warning.
     """
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{folder} is not a folder: set dataset_dir to the folder of images to classify")
-    items = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
+    items, visited = [], {os.path.realpath(folder)}
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        kept = []
+        for name in sorted(dirs, key=lambda d: (os.path.islink(os.path.join(root, d)), d)):  # real folders first
+            target = os.path.realpath(os.path.join(root, name))
+            if target in visited:
+                logger.warning(
+                    f"{os.path.join(root, name)} leads to a folder listed already (a symlink loop?): skipped"
+                )
+                continue
+            visited.add(target)
+            kept.append(name)
+        dirs[:] = sorted(kept)
         for name in sorted(files):
             if name.lower().endswith(tuple(extensions)):
                 path = os.path.join(root, name)

@@ -16,6 +16,7 @@ from monai.engines import IterationEvents, SupervisedEvaluator, SupervisedTraine
 from monai.handlers import ValidationHandler
 from monai.utils.enums import CommonKeys as Keys
 from torch.optim import Optimizer
+from torch.utils.data import DataLoader
 
 from .inferer import DiffMICInferer, unwrap
 from .losses import rbf_mmd
@@ -80,6 +81,13 @@ class DiffMICTrainer(SupervisedTrainer):
                 "the warm-up trains the DCG alone"
             )
         super().__init__(*args, **kwargs)
+        loader = self.data_loader
+        if isinstance(loader, DataLoader) and len(loader) == 0:  # drop_last with fewer images than one batch
+            raise ValueError(
+                f"the training split has {len(loader.sampler)} image(s) for this process, fewer than batch_size "
+                f"({loader.batch_size}): an incomplete last batch is dropped (BatchNorm needs 2 rows or more), so "
+                f"nothing would train; lower --batch_size to at most {max(len(loader.sampler), 2)} or add images"
+            )
         self.dcg_network = dcg_network
         self.head_network = head_network
         self.seed = seed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -27,12 +28,20 @@ PROBABILITY_RULE = (
 
 
 def write_atomic(path: str, text: str) -> None:
-    """Writes ``text`` through a temporary file and a rename: an interrupted write leaves the old file intact."""
+    """Writes ``text`` through a temporary file and a rename: an interrupted write leaves the old file intact,
+    and a failed one (a full disk, a read-only folder) leaves no temporary file and names ``path``."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    partial = f"{path}.partial"
-    with open(partial, "w", newline="") as f:
-        f.write(text)
-    os.replace(partial, path)
+    partial = f"{path}.{os.getpid()}.partial"  # two processes writing one folder never share it
+    try:
+        with open(partial, "w", newline="") as f:
+            f.write(text)
+        os.replace(partial, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise OSError(
+            f"could not write {path}: {error.strerror or error}; free space or choose another --output_dir"
+        ) from error
 
 
 def _images(output: dict | list) -> list[dict]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import numbers
 import os
@@ -11,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 
-__all__ = ["validate_datalists", "summarize_datalists", "check_image_file", "SPLITS"]
+__all__ = ["validate_datalists", "check_inference_images", "summarize_datalists", "check_image_file", "SPLITS"]
 
 SPLITS = ("train", "validation", "test")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -21,21 +23,25 @@ logger = logging.getLogger(__name__)
 
 
 def check_image_file(path: str) -> str | None:
-    """Why an image file cannot be used (missing, empty, truncated, undecodable), or None if it decodes."""
+    """Why an image file cannot be used (missing, a broken or looping link, empty, truncated, undecodable,
+    a 3D volume), or None if it decodes to a 2D image."""
     if not os.path.isfile(path):
-        return "file not found"
+        return "a broken or looping symbolic link" if os.path.islink(path) else "file not found"
     if os.path.getsize(path) == 0:
         return "empty file (0 bytes)"
     try:
         if path.lower().endswith(PIL_SUFFIXES):
             with Image.open(path) as image:
                 image.load()  # decodes every pixel: a truncated file fails here, not in the middle of training
-        else:
-            from monai.transforms import LoadImage
+            return None
+        from monai.transforms import LoadImage
 
-            LoadImage(image_only=True)(path)
+        image = LoadImage(image_only=True, ensure_channel_first=True)(path)
     except Exception as error:  # noqa: BLE001 - any decoder failure makes the file unusable; the message says which
         return f"cannot be decoded ({type(error).__name__}: {error})"
+    spatial = [n for n in image.shape[1:] if n != 1]  # a slice stored as a volume of depth 1 is 2D (Ensure2Dd)
+    if len(spatial) != 2:
+        return f"not a 2D image: shape {tuple(image.shape)} (channels first); DiffMIC classifies 2D images"
     return None
 
 
@@ -43,10 +49,10 @@ def _where(item: dict) -> str:
     return f"{item['source']}: " if item.get("source") else ""
 
 
-def _raise(problems: list[str], what: str) -> None:
+def _raise(problems: list[str], what: str, hint: str = "") -> None:
     shown = "\n  ".join(problems[:MAX_LISTED])
     more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-    raise ValueError(f"{len(problems)} problem(s) in {what}:\n  {shown}{more}")
+    raise ValueError(f"{len(problems)} problem(s) in {what}:\n  {shown}{more}{hint}")
 
 
 def validate_datalists(
@@ -126,6 +132,39 @@ def validate_datalists(
         for split, items in datalists.items()
         if split != "problems"
     }
+
+
+def check_inference_images(
+    items: list[dict], on_bad_image: str = "error", output_dir: str | None = None, workers: int = 8
+) -> list[dict]:
+    """Decodes every image to classify before the network loads: with ``on_bad_image="error"`` one error
+    lists every unusable file and why; with ``"skip"`` they are left out, listed in a warning and in
+    ``<output_dir>/skipped.csv`` (``image``, ``reason``), and the rest are classified.
+
+    Returns:
+        the usable items.
+    """
+    if on_bad_image not in ("error", "skip"):
+        raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+    files = [it["image"] for it in items]
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # decoding releases the GIL
+        reasons = list(pool.map(check_image_file, files))
+    bad = [(path, why) for path, why in zip(files, reasons, strict=True) if why]
+    listed = [f"{path}: {why}" for path, why in bad]
+    if bad and on_bad_image == "error":
+        _raise(listed, "the images to classify", "\n--on_bad_image skip classifies the others and lists these")
+    if bad:
+        logger.warning("on_bad_image=skip: leaving out %d image(s):\n  %s", len(bad), "\n  ".join(listed))
+        if output_dir:
+            from .handlers import write_atomic
+
+            table = io.StringIO()
+            csv.writer(table, lineterminator="\n").writerows([("image", "reason"), *bad])
+            write_atomic(os.path.join(output_dir, "skipped.csv"), table.getvalue())
+    kept = [it for it, why in zip(items, reasons, strict=True) if not why]
+    if not kept:
+        raise ValueError(f"none of the {len(items)} images can be classified (listed above)")
+    return kept
 
 
 def summarize_datalists(datalists: dict[str, list[dict]], class_names: Sequence[str]) -> str:
