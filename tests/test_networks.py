@@ -182,6 +182,49 @@ def test_dcg_epochs_fixes_the_prior_after_them_while_the_denoiser_trains():
         )
 
 
+def test_eval_prior_mode_trains_the_denoiser_on_the_priors_validation_sees():
+    """prior_mode eval: after the DCG's step, the denoiser is conditioned on the DCG's eval-mode priors (running
+    BatchNorm statistics, no gradient), not on the training forward's; train mode: the training forward's."""
+    batch = {"image": torch.randn(6, 1, 24, 24), "label": LABELS}
+    seen = {}
+    for mode in ("train", "eval"):
+        torch.manual_seed(0)
+        net = tiny_net(in_channels=1, num_classes=2)
+        trainer = DiffMICTrainer(
+            device="cpu",
+            max_epochs=1,
+            train_data_loader=[batch],
+            network=net,
+            optimizer=torch.optim.Adam(net.head.parameters(), 1e-3),
+            dcg_optimizer=torch.optim.Adam(net.dcg.parameters(), 1e-3),
+            loss_function=torch.nn.CrossEntropyLoss(),
+            warmup_epochs=0,
+            prior_mode=mode,
+            decollate=False,
+        )
+        loss = trainer._diffusion_loss
+        trainer._diffusion_loss = lambda model, images, labels, priors, m=mode, f=loss: (
+            seen.__setitem__(m, {k: v.clone() for k, v in priors.items()}) or f(model, images, labels, priors)
+        )
+        trainer.run()
+        assert net.dcg.training  # back in train mode for the next step
+        with torch.no_grad():  # the DCG after this iteration's step, in eval mode
+            expected = net.priors(net.dcg.eval()(batch["image"]))
+        matches = {k: torch.allclose(seen[mode][k], expected[k], atol=1e-6) for k in expected}
+        assert all(matches.values()) if mode == "eval" else not any(matches.values()), (mode, matches)
+    with pytest.raises(ValueError, match="prior_mode must be 'train' or 'eval'"):
+        DiffMICTrainer(
+            device="cpu",
+            max_epochs=1,
+            train_data_loader=[batch],
+            network=net,
+            optimizer=torch.optim.Adam(net.head.parameters()),
+            dcg_optimizer=torch.optim.Adam(net.dcg.parameters()),
+            loss_function=torch.nn.CrossEntropyLoss(),
+            prior_mode="eval_mode",
+        )
+
+
 def test_ema_ramps_up_and_is_used_for_sampling():
     net = tiny_net()  # ema_decay 0.9
     weight = net.head.denoiser.output.weight

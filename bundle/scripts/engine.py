@@ -71,6 +71,7 @@ class DiffMICTrainer(SupervisedTrainer):
         grad_clip: float | None = 1.0,
         seed: int | None = None,
         on_nonfinite: str = "stop",
+        prior_mode: str = "train",
         dcg_network: torch.nn.Module | None = None,
         head_network: torch.nn.Module | None = None,
         **kwargs,
@@ -95,6 +96,9 @@ class DiffMICTrainer(SupervisedTrainer):
             self.add_event_handler(Events.EPOCH_STARTED, self.reseed)
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
+        if prior_mode not in ("train", "eval"):
+            raise ValueError(f"prior_mode must be 'train' or 'eval', got {prior_mode!r}")
+        self.prior_mode = prior_mode
         self.on_nonfinite = on_nonfinite
         self.skipped_steps = 0
         self.dcg_optimizer = dcg_optimizer
@@ -175,6 +179,8 @@ class DiffMICTrainer(SupervisedTrainer):
             output, guidance, loss_ce = engine._dcg_step(model, images, labels)
             if loss_ce is None or engine.in_warmup():
                 return output
+            if engine.prior_mode == "eval":  # condition on the priors validation sees, not the batch-statistics ones
+                guidance = engine._eval_guidance(model, images)
 
         saved_head = _snapshot(model.head) if engine.on_nonfinite == "skip" else []
         loss_noise, loss_mmd = engine._diffusion_loss(model, images, labels, model.priors(guidance))
@@ -197,14 +203,20 @@ class DiffMICTrainer(SupervisedTrainer):
         Returns:
             the iteration's output so far, the DCG outputs and a zero cross-entropy.
         """
-        model.dcg.eval()
-        with torch.no_grad(), self.autocast():
-            guidance = self.inferer(images, model.dcg)
-        guidance = {k: v.float() if v.is_floating_point() else v for k, v in guidance.items()}
+        guidance = self._eval_guidance(model, images)
         loss_ce = torch.zeros((), device=images.device)
         output = {Keys.IMAGE: images, Keys.LABEL: labels, Keys.PRED: guidance["fused"], Keys.LOSS: loss_ce}
         output["lr_dcg"] = 0.0
         return output, guidance, loss_ce
+
+    def _eval_guidance(self, model: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The DCG's outputs in eval mode (running BatchNorm statistics) and without gradients: the priors that
+        validation and inference compute, in float32."""
+        model.dcg.eval()
+        with torch.no_grad(), self.autocast():
+            guidance = self.inferer(images, model.dcg)
+        model.dcg.train()
+        return {k: v.float() if v.is_floating_point() else v for k, v in guidance.items()}
 
     def _dcg_step(
         self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor

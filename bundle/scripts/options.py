@@ -159,6 +159,7 @@ OPTIONS: dict[str, Option] = {
     "max_epochs": _positive(),
     "warmup_epochs": COUNT,
     "dcg_epochs": Option("int", low=1, nullable=True),
+    "prior_mode": Option("str", choices=("train", "eval")),
     "val_interval": _positive(),
     "seed": COUNT,
     "rand_prob": _fraction(),
