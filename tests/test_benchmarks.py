@@ -397,6 +397,40 @@ def test_sampling_steps_rows_agree_with_the_evaluation_inferer_and_resume(tmp_pa
     }
 
 
+def test_diagnostics_counterfactuals_and_stackers_on_the_tiny_bundle(tmp_path, trained_bundle):
+    """benchmarks/diagnostics.py: every measure on both splits, the stackers on test only, `denoised` equal to the
+    evaluation inferer's S = 1 accuracy, `prior` to the prior's, and a measured run skipped the second time."""
+    from conftest import TINY
+
+    script = load_script("diagnostics")
+    run = tmp_path / "breastmnist_small_full_seed0"
+    run.mkdir()
+    (run / "models").symlink_to(trained_bundle["dir"] / "models")
+    out = tmp_path / "diagnostics.csv"
+    args = ["--runs", str(run), "--device", "cpu", "--out", str(out), "--set"]
+    args += [f"{k}={v}" for k, v in TINY.items() if k != "seed"]
+    written = script.main(args)
+    rows = read_rows(out)
+    assert rows == written and list(rows[0]) == script.COLUMNS
+    expected = {(split, m) for split in script.SPLITS for m in script.MEASURES}
+    expected |= {("test", m) for m in script.STACKERS}
+    assert sorted((r["split"], r["measure"]) for r in rows) == sorted(expected)
+    by = {(r["split"], r["measure"]): r for r in rows}
+    assert {r["images"] for r in rows if r["split"] == "test"} == {"156"}
+    assert by[("test", "denoised")]["changed_vs_denoised"] == "0"
+    for row in rows:
+        assert 0.0 <= float(row["accuracy"]) <= 1.0 and 0.0 <= float(row["changed_vs_denoised"]) <= 1.0
+    # the same numbers as `run evaluating` of the session's bundle (S = 1, the config's sampler)
+    evaluated = script.load_parser(script.Run(run), "test", dict(TINY))
+    from scripts.checkpoint import load_weights
+
+    network = load_weights(evaluated.get_parsed_content("network_def"), str(run / "models" / "model.pt"), "cpu")
+    outputs = script.backbone_outputs(network.eval(), evaluated.get_parsed_content("validate#dataloader"), "cpu")
+    prior_accuracy = float((outputs["prior"].argmax(1) == outputs["labels"]).float().mean())
+    assert math.isclose(float(by[("test", "prior")]["accuracy"]), prior_accuracy, abs_tol=1e-6)
+    assert script.main(args) == []  # recorded: not measured again
+
+
 def test_gpu_ablation_runs_a_picked_job_in_tiny_mode_and_packs_its_results(tmp_path):
     """benchmarks/gpu_ablation.sh on the CPU: job 44 (a fixed prior, BreastMNIST) made tiny, then a bad PART."""
     data_dir = require_data("medmnist/breastmnist.npz")

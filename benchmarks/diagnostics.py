@@ -1,0 +1,139 @@
+"""What the denoiser adds to its prior: counterfactual inputs, and what a second view of rho(x) could add at best.
+
+For each trained run (a ``train_evaluate.py`` folder, as ``sampling_steps.py`` reads them), the DCG and the
+encoder run once per image of the validation and test splits; then, with the config's sampler and the noise
+evaluation uses (seeded per image id, S = 1):
+
+- ``denoised``: the prediction as evaluation makes it;
+- ``prior_mean_chain``: the deterministic chain from the prior mean (the initial draw set to 0);
+- ``features_swapped``: each image's rho(x) replaced by the next image's (its own prior kept): the labels
+  that change are those rho(x) decides;
+- ``uniform_prior``: the prior replaced by the uniform one (rho(x) kept): what rho(x) alone leads to;
+- ``prior``: the fused DCG prior's argmax.
+
+Each row has the accuracy and macro AUC, and the share of labels that differ from ``denoised``. On the test
+split, two logistic regressions fitted on the validation split bound what a linear read-out can add:
+``stacker_prior`` on log prior alone (a recalibration) and ``stacker_prior_features`` on [log prior, rho(x)]
+(standardised, L2 strength by 5-fold cross-validation of the log loss). The gap between the two is what
+rho(x) carries that the prior lacks, as far as a linear model on the validation images can find it.
+
+    python benchmarks/diagnostics.py --runs runs/cpu_y0_small/breastmnist_small_full_y0_seed0 --out diag.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "bundle"), str(Path(__file__).resolve().parent)]
+from sampling_steps import Run, backbone_outputs, load_parser, sample_probabilities  # noqa: E402
+from train_evaluate import append_row, commit, device_name, parse_override  # noqa: E402 - beside this script
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SPLITS = ("validation", "test")
+MEASURES = ("denoised", "prior_mean_chain", "features_swapped", "uniform_prior", "prior")
+STACKERS = ("stacker_prior", "stacker_prior_features")
+COLUMNS = ["dataset", "recipe", "variant", "setting", "seed", "run", "split", "images", "measure"]
+COLUMNS += ["accuracy", "auc", "changed_vs_denoised", "commit", "device"]
+
+
+def counterfactuals(network, inferer, outputs: dict) -> dict[str, torch.Tensor]:
+    """Class probabilities of every measure but the stackers, on one split's backbone outputs."""
+    uniform = torch.full_like(outputs["prior"], 1.0 / outputs["prior"].shape[1])
+    swapped = dict(outputs, features=outputs["features"].roll(1, dims=0))
+    return {
+        "denoised": sample_probabilities(network, inferer, outputs, "noise"),
+        "prior_mean_chain": sample_probabilities(network, inferer, outputs, "prior_mean"),
+        "features_swapped": sample_probabilities(network, inferer, swapped, "noise"),
+        "uniform_prior": sample_probabilities(network, inferer, dict(outputs, prior=uniform), "noise"),
+        "prior": outputs["prior"],
+    }
+
+
+def stackers(fit: dict, test: dict, seed: int) -> dict[str, torch.Tensor]:
+    """Test-split class probabilities of the two logistic read-outs fitted on ``fit`` (the validation split)."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def inputs(outputs: dict, with_features: bool) -> np.ndarray:
+        log_prior = outputs["prior"].clamp_min(1e-8).log().cpu().numpy()
+        return np.hstack([log_prior, outputs["features"].cpu().numpy()]) if with_features else log_prior
+
+    probs = {}
+    for name, with_features in zip(STACKERS, (False, True), strict=True):
+        read_out = LogisticRegressionCV(
+            Cs=10, cv=5, l1_ratios=(0.0,), scoring="neg_log_loss", max_iter=2000, random_state=seed,
+            use_legacy_attributes=False,
+        )  # fmt: skip
+        model = make_pipeline(StandardScaler(), read_out)
+        model.fit(inputs(fit, with_features), fit["labels"].numpy())
+        probs[name] = torch.as_tensor(model.predict_proba(inputs(test, with_features)), dtype=torch.float32)
+    return probs
+
+
+def measure_run(run: Run, overrides: dict, device: torch.device, stamp: dict) -> list[dict]:
+    """Every row of one run: the counterfactuals on both splits, the stackers on test."""
+    from scripts import metrics
+    from scripts.checkpoint import load_weights
+
+    rows, outputs = [], {}
+    for split in SPLITS:
+        parser = load_parser(run, split, overrides)
+        network = parser.get_parsed_content("network_def").to(device)
+        load_weights(network, str(run.checkpoint), device)
+        network.eval()
+        inferer = parser.get_parsed_content("validate#inferer")
+        inferer.num_samples = 1
+        with torch.no_grad():
+            outputs[split] = backbone_outputs(network, parser.get_parsed_content("validate#dataloader"), device)
+            probs = counterfactuals(network, inferer, outputs[split])
+        if split == "test":
+            probs.update(stackers(outputs["validation"], outputs["test"], run.seed))
+        labels, denoised = outputs[split]["labels"], probs["denoised"].argmax(1).cpu()
+        for measure, p in probs.items():
+            p = p.cpu()
+            row = dict(dataset=run.dataset, recipe=run.recipe, variant=run.variant, setting=run.setting)
+            row.update(seed=run.seed, run=run.name, split=split, images=len(labels), measure=measure, **stamp)
+            row.update(accuracy=metrics.accuracy(p, labels), auc=metrics.macro_auc(p, labels))
+            row["changed_vs_denoised"] = float((p.argmax(1) != denoised).float().mean())
+            rows.append({c: (f"{v:.6g}" if isinstance(v, float) else str(v)) for c, v in row.items()})
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", type=Path, required=True, help="train_evaluate.py run folders")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS / "diagnostics.csv")
+    parser.add_argument(
+        "--set", nargs="+", action="extend", default=[], metavar="ID=VALUE", help="config overrides of the runs"
+    )
+    args = parser.parse_args(argv)
+    overrides = dict(parse_override(text) for text in args.set)
+    stamp, written = {"commit": commit(), "device": device_name()}, []
+    done = set()
+    if args.out.is_file():
+        with open(args.out, newline="") as f:
+            done = {r["run"] for r in csv.DictReader(f)}
+    for path in args.runs:
+        run = Run(path.resolve())
+        if run.name in done:  # a run's rows are appended together once it is measured
+            continue
+        rows = measure_run(run, overrides, torch.device(args.device), stamp)
+        for row in rows:
+            append_row(args.out, row, COLUMNS)
+            print(f"{run.name} {row['split']} {row['measure']}: ACC {row['accuracy']} AUC {row['auc']} "
+                  f"changed {row['changed_vs_denoised']}", flush=True)  # fmt: skip
+        written += rows
+    return written
+
+
+if __name__ == "__main__":
+    main()
