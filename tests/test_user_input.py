@@ -241,6 +241,13 @@ def test_inference_checks_every_file_before_loading_the_model_and_can_skip_bad_o
     }
 
 
+def test_evaluating_without_a_trained_model_says_so_before_reading_data(tmp_path):
+    done = cli("evaluating", [*TRAINING, "configs/evaluate.yaml"], *tiny(tmp_path))
+    error = last_error(done)
+    assert f"ckpt_path: {tmp_path / 'models' / 'model.pt'} not found; train first" in error
+    assert not (tmp_path / "eval").exists()
+
+
 def test_a_training_split_smaller_than_a_batch_is_refused_before_training(tmp_path):
     done = cli("training", TRAINING, *tiny(tmp_path), "--batch_size", "600")  # BreastMNIST has 546 training images
     error = last_error(done)

@@ -356,6 +356,12 @@ def _relations(parser, config: dict, run_id: str | None) -> list[str]:
     training = "train" in config and run_id in TRAINING_RUNS
     if training:
         problems += _training_problems(config)
+    evaluating = run_id in ("evaluating", "tsne") or run_id == "run" and "train" not in config  # inference's run
+    checkpoint = value("ckpt_path") if evaluating and "ckpt_path" in config else None
+    if checkpoint is not None and not os.path.isfile(str(checkpoint)):
+        problems.append(
+            f"ckpt_path: {checkpoint} not found; train first, or point --model_dir (or --ckpt_path) at a trained model"
+        )
     folders = ["output_dir"] + (["model_dir"] if training else [])
     for name in folders:
         folder = value(name) if name in config else None
