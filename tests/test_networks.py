@@ -225,6 +225,49 @@ def test_eval_prior_mode_trains_the_denoiser_on_the_priors_validation_sees():
         )
 
 
+def test_prior_error_weight_and_dcg_loss_terms():
+    """prior_error_weight w weights an image's denoising error by 1 + w (1 - p_prior(true class)): 1 where the prior
+    is sure and right, 1 + w where it gives the true class nothing; dcg_loss_terms picks the DCG's cross-entropy."""
+    net = tiny_net(in_channels=1, num_classes=2)
+    images = torch.randn(6, 1, 24, 24)
+
+    def trainer(**kwargs) -> DiffMICTrainer:
+        return DiffMICTrainer(
+            device="cpu",
+            max_epochs=1,
+            train_data_loader=[{"image": images, "label": LABELS}],
+            network=net,
+            optimizer=torch.optim.Adam(net.head.parameters(), 1e-3),
+            dcg_optimizer=torch.optim.Adam(net.dcg.parameters(), 1e-3),
+            loss_function=torch.nn.CrossEntropyLoss(),
+            warmup_epochs=0,
+            noise_draws=2,
+            mmd_weight=0.0,
+            decollate=False,
+            **kwargs,
+        )
+
+    sure = torch.nn.functional.one_hot(LABELS, 2).float()
+    losses = {}
+    for name, weight, prior in (("plain", 0.0, sure), ("sure", 10.0, sure), ("wrong", 10.0, 1.0 - sure)):
+        torch.manual_seed(0)  # the same (t, eps) draws for each
+        priors = {k: prior for k in ("fused", "global", "local")}
+        losses[name] = trainer(prior_error_weight=weight)._diffusion_loss(net, images, LABELS, priors)[0]
+    assert torch.isclose(losses["sure"], losses["plain"])
+    torch.manual_seed(0)
+    wrong_plain = trainer()._diffusion_loss(net, images, LABELS, {k: 1.0 - sure for k in ("fused", "global", "local")})
+    assert torch.isclose(losses["wrong"], 11.0 * wrong_plain[0])
+
+    with torch.no_grad():
+        logits = net.dcg.train()(images)
+    fused_only = trainer(dcg_loss_terms=["fused"])
+    fused_only.run()
+    expected = torch.nn.functional.cross_entropy(logits["fused"], LABELS)
+    assert torch.isclose(fused_only.state.output["loss_ce"], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="dcg_loss_terms must list some of global, local and fused"):
+        trainer(dcg_loss_terms=["fusion"])
+
+
 def test_ema_ramps_up_and_is_used_for_sampling():
     net = tiny_net()  # ema_decay 0.9
     weight = net.head.denoiser.output.weight

@@ -46,6 +46,10 @@ class DiffMICTrainer(SupervisedTrainer):
         noise_draws: (t, eps) draws per image per denoiser step, batched into one pass.
         mmd_weight: lambda; 0 removes the MMD terms (ablation C2).
         mmd_bandwidths: RBF bandwidths of the MMD kernel.
+        prior_error_weight: w; each image's denoising error is weighted by ``1 + w * (1 - p_prior(true class))``
+            (DiffMICv2's code uses 10: the images its prior gets wrong are those the diffusion can fix); 0: equal.
+        dcg_loss_terms: the DCG logits its cross-entropy is summed over, of ``global``, ``local`` and ``fused``
+            (the authors' code: ``fused`` only); without the local stream, ``global``.
         grad_clip: max gradient norm of the encoder and denoiser; None for no clipping.
         seed: with a seed, every epoch starts by seeding torch, numpy, random and the data's random
             transforms from (seed, epoch), so that a run resumed after epoch k draws what an uninterrupted
@@ -72,6 +76,8 @@ class DiffMICTrainer(SupervisedTrainer):
         seed: int | None = None,
         on_nonfinite: str = "stop",
         prior_mode: str = "train",
+        prior_error_weight: float = 0.0,
+        dcg_loss_terms: Sequence[str] = ("global", "local", "fused"),
         dcg_network: torch.nn.Module | None = None,
         head_network: torch.nn.Module | None = None,
         **kwargs,
@@ -99,6 +105,11 @@ class DiffMICTrainer(SupervisedTrainer):
         if prior_mode not in ("train", "eval"):
             raise ValueError(f"prior_mode must be 'train' or 'eval', got {prior_mode!r}")
         self.prior_mode = prior_mode
+        unknown = sorted(set(dcg_loss_terms) - {"global", "local", "fused"})
+        if unknown or not dcg_loss_terms:
+            raise ValueError(f"dcg_loss_terms must list some of global, local and fused, got {list(dcg_loss_terms)}")
+        self.dcg_loss_terms = tuple(dcg_loss_terms)
+        self.prior_error_weight = prior_error_weight
         self.on_nonfinite = on_nonfinite
         self.skipped_steps = 0
         self.dcg_optimizer = dcg_optimizer
@@ -233,7 +244,7 @@ class DiffMICTrainer(SupervisedTrainer):
             guidance = self.inferer(images, self.dcg_network or model.dcg)
         guidance = {k: v.float() if v.is_floating_point() else v for k, v in guidance.items()}
         # without the local stream the three logits are one tensor
-        heads = ("global", "local", "fused") if model.dcg.use_local_stream else ("global",)
+        heads = self.dcg_loss_terms if model.dcg.use_local_stream else ("global",)
         loss_ce = sum(self.loss_function(guidance[k], labels) for k in heads)
         output = {Keys.IMAGE: images, Keys.LABEL: labels, Keys.PRED: guidance["fused"].detach()}
         output["loss_ce"] = output[Keys.LOSS] = loss_ce.detach()
@@ -283,7 +294,12 @@ class DiffMICTrainer(SupervisedTrainer):
             predicted = head(images, y_t, torch.stack([priors[k] for k in streams]), t)
         output = dict(zip(streams, predicted.float(), strict=True))  # the losses in float32
         target = model.diffusion.target(y0, eps)  # eps, or y0 for a denoiser that predicts the clean label
-        loss_noise = F.mse_loss(output["fused"], target)
+        if self.prior_error_weight:
+            prior_true = priors["fused"].gather(1, labels.repeat(draws)[:, None]).squeeze(1)
+            weights = 1.0 + self.prior_error_weight * (1.0 - prior_true)
+            loss_noise = (weights * (output["fused"] - target).square().mean(1)).mean()
+        else:
+            loss_noise = F.mse_loss(output["fused"], target)
         if self.mmd_weight == 0:
             return loss_noise, torch.zeros_like(loss_noise)
         loss_mmd = rbf_mmd(target, output["global"], self.mmd_bandwidths) + rbf_mmd(

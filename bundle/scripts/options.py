@@ -173,6 +173,8 @@ OPTIONS: dict[str, Option] = {
     "ema_decay": Option("float", low=0.0, high=1.0, nullable=True),
     "noise_draws": _positive(),
     "mmd_weight": Option("float", low=0.0),
+    "prior_error_weight": Option("float", low=0.0),
+    "dcg_amsgrad": FLAG,
     "num_train_timesteps": Option("int", low=2),
     "beta_start": Option("float", low=0.0, high=1.0, open_low=True),
     "beta_end": Option("float", low=0.0, high=1.0, open_low=True),
