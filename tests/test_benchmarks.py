@@ -432,37 +432,42 @@ def test_diagnostics_counterfactuals_and_stackers_on_the_tiny_bundle(tmp_path, t
 
 
 def test_gpu_ablation_runs_a_picked_job_in_tiny_mode_and_packs_its_results(tmp_path):
-    """benchmarks/gpu_ablation.sh on the CPU: job 44 (a fixed prior, BreastMNIST) made tiny, then a bad PART."""
+    """benchmarks/gpu_ablation.sh on the CPU: job 66 (every switch of the diffusion study, BreastMNIST) made tiny,
+    then a bad PART. Its list-valued `--set dcg_loss_terms=fused` reaches the trainer through the config check."""
     data_dir = require_data("medmnist/breastmnist.npz")
     env = dict(
         os.environ,
         OUT=str(tmp_path),
         DIFFMIC_DATA_DIR=str(data_dir),
         PYTHON=sys.executable,
-        PART="44",
+        PART="66",
         LIMIT="600",
         EVAL_SECONDS="60",
-        EXTRA_ARGS="--tiny --datasets breastmnist --set dcg_epochs=1",  # 2 epochs; the prior fixed in the second
+        EXTRA_ARGS="--tiny --datasets breastmnist",  # 2 epochs, the second joint
     )
     script = str(REPO / "benchmarks" / "gpu_ablation.sh")
     done = subprocess.run(["bash", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     work = tmp_path / "work"
-    assert (work / "jobs.txt").read_text().startswith("job 44: exit 0 (--datasets breastmnist")
+    assert (work / "jobs.txt").read_text().startswith("job 66: exit 0 (--datasets breastmnist")
     assert "cores:" in (work / "machine.txt").read_text()
-    rows = read_rows(work / "job44" / "results.csv")
+    rows = read_rows(work / "job66" / "results.csv")
     assert sorted((r["split"], r["num_samples"]) for r in rows) == [
         ("test", "1"),
         ("test", "10"),
         ("validation", "1"),
         ("validation", "10"),
     ]
-    assert {(r["setting"], r["overrides"].split()[0], r["epochs"]) for r in rows} == {("y0_dcg5", "dcg_epochs=5", "2")}
+    switches = (
+        "prior_mode=eval prior_error_weight=10 dcg_loss_terms=fused dcg_amsgrad=true"  # a string: ["fused"] needed
+    )
+    assert {(r["setting"], r["overrides"].startswith(switches), r["epochs"]) for r in rows} == {("y0_all3", True, "2")}
     with tarfile.open(tmp_path / "results.tar.gz") as packed:
         names = packed.getnames()
-    assert "work/job44/results.csv" in names and not any("/models" in n for n in names)
+    assert "work/job66/results.csv" in names and not any("/models" in n for n in names)
 
     bad = subprocess.run(["bash", script], cwd=REPO, env=dict(env, PART="y1"), capture_output=True, text=True)
     assert (
-        bad.returncode == 2 and "PART must be ablation, study, seeds, y0, fixed_prior, learning_rate, all" in bad.stderr
+        bad.returncode == 2
+        and "PART must be ablation, study, seeds, y0, fixed_prior, learning_rate, diffusion_study, all" in bad.stderr
     )

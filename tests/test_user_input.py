@@ -112,6 +112,8 @@ def test_values_convert_to_their_types_and_none_is_kept():
     assert OPTIONS["device"].convert("device", "cpu") == (torch.device("cpu"), None)
     assert OPTIONS["max_epochs"].convert("max_epochs", "0")[1] == "max_epochs: 0 is outside [1, inf)"
     assert OPTIONS["seed"].convert("seed", "$@x")[1] is None  # an expression is checked once evaluated
+    assert OPTIONS["dcg_loss_terms"].convert("dcg_loss_terms", "[global, fused]") == (["global", "fused"], None)
+    assert "must list some of" in OPTIONS["dcg_loss_terms"].convert("dcg_loss_terms", "fusion")[1]
 
 
 def test_none_on_the_command_line_is_applied(monkeypatch):

@@ -42,9 +42,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Option:
-    """A user-facing option: ``kind`` is ``bool``, ``int``, ``float``, ``str`` or ``device``; ``choices``
-    restricts the values; ``low``/``high`` bound numbers (inclusive, or exclusive with ``open_low``);
-    ``nullable`` admits null."""
+    """A user-facing option: ``kind`` is ``bool``, ``int``, ``float``, ``str``, ``device`` or ``names`` (a list of
+    ``choices``); ``choices`` restricts the values; ``low``/``high`` bound numbers (inclusive, or exclusive with
+    ``open_low``); ``nullable`` admits null."""
 
     kind: str
     choices: tuple = ()
@@ -59,12 +59,16 @@ class Option:
             return value, None  # an expression: its value is known after evaluation
         if self.nullable and (value is None or isinstance(value, str) and value.strip().lower() in NULL):
             return None, None
-        converted = {"bool": _to_bool, "int": _to_int, "float": _to_float, "str": _to_str, "device": _to_device}[
-            self.kind
-        ](value)
+        converters = {"bool": _to_bool, "int": _to_int, "float": _to_float, "str": _to_str, "device": _to_device}
+        converted = {**converters, "names": _to_names}[self.kind](value)
         if converted is _INVALID:
             expected = {"bool": "true or false", "device": "cpu, cuda or cuda:N"}.get(self.kind, f"a {self.kind}")
             return value, f"{name}: {value!r} is not {expected}" + (" (or null)" if self.nullable else "")
+        if self.kind == "names":
+            unknown = [n for n in converted if n not in self.choices]
+            if unknown or not converted:
+                return value, f"{name}: {value!r} must list some of {list(self.choices)}"
+            return converted, None
         if self.choices and converted not in self.choices:
             close = difflib.get_close_matches(str(converted), [str(c) for c in self.choices], 1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -130,6 +134,15 @@ def _to_str(value: Any) -> Any:
     return value if isinstance(value, str) else str(value) if isinstance(value, int | float) else _INVALID
 
 
+def _to_names(value: Any) -> Any:
+    """A list of names from a list, or from the command line's ``fused``, ``global,fused`` or ``[global, fused]``."""
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return list(value)
+    if isinstance(value, str):
+        return [n.strip().strip("'\"") for n in value.strip().strip("[]").split(",") if n.strip()]
+    return _INVALID
+
+
 def _to_device(value: Any) -> Any:
     if isinstance(value, torch.device):
         return value
@@ -175,6 +188,7 @@ OPTIONS: dict[str, Option] = {
     "mmd_weight": Option("float", low=0.0),
     "prior_error_weight": Option("float", low=0.0),
     "dcg_amsgrad": FLAG,
+    "dcg_loss_terms": Option("names", choices=("global", "local", "fused")),
     "num_train_timesteps": Option("int", low=2),
     "beta_start": Option("float", low=0.0, high=1.0, open_low=True),
     "beta_end": Option("float", low=0.0, high=1.0, open_low=True),
