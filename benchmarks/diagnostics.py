@@ -11,7 +11,8 @@ evaluation uses (seeded per image id, S = 1):
 - ``uniform_prior``: the prior replaced by the uniform one (rho(x) kept): what rho(x) alone leads to;
 - ``prior``: the fused DCG prior's argmax.
 
-Each row has the accuracy and macro AUC, and the share of labels that differ from ``denoised``. On the test
+Each row has the accuracy and macro AUC, and the shares of labels that differ from ``denoised`` and from the
+prior's. On the test
 split, two logistic regressions fitted on the validation split bound what a linear read-out can add:
 ``stacker_prior`` on log prior alone (a recalibration) and ``stacker_prior_features`` on [log prior, rho(x)]
 (standardised, L2 strength by 5-fold cross-validation of the log loss). The gap between the two is what
@@ -40,7 +41,7 @@ SPLITS = ("validation", "test")
 MEASURES = ("denoised", "prior_mean_chain", "features_swapped", "uniform_prior", "prior")
 STACKERS = ("stacker_prior", "stacker_prior_features")
 COLUMNS = ["dataset", "recipe", "variant", "setting", "seed", "run", "split", "images", "measure"]
-COLUMNS += ["accuracy", "auc", "changed_vs_denoised", "commit", "device"]
+COLUMNS += ["accuracy", "auc", "changed_vs_denoised", "changed_vs_prior", "commit", "device"]
 
 
 def counterfactuals(network, inferer, outputs: dict) -> dict[str, torch.Tensor]:
@@ -97,12 +98,14 @@ def measure_run(run: Run, overrides: dict, device: torch.device, stamp: dict) ->
         if split == "test":
             probs.update(stackers(outputs["validation"], outputs["test"], run.seed))
         labels, denoised = outputs[split]["labels"], probs["denoised"].argmax(1).cpu()
+        prior = outputs[split]["prior"].argmax(1).cpu()
         for measure, p in probs.items():
             p = p.cpu()
             row = dict(dataset=run.dataset, recipe=run.recipe, variant=run.variant, setting=run.setting)
             row.update(seed=run.seed, run=run.name, split=split, images=len(labels), measure=measure, **stamp)
             row.update(accuracy=metrics.accuracy(p, labels), auc=metrics.macro_auc(p, labels))
             row["changed_vs_denoised"] = float((p.argmax(1) != denoised).float().mean())
+            row["changed_vs_prior"] = float((p.argmax(1) != prior).float().mean())
             rows.append({c: (f"{v:.6g}" if isinstance(v, float) else str(v)) for c, v in row.items()})
     return rows
 

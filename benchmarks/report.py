@@ -578,6 +578,40 @@ def study_table(
     return markdown(header, rows)
 
 
+def diagnostics_table(rows: list[dict[str, str]]) -> str:
+    """What the denoiser adds to its prior (``diagnostics.py``): one row per run and split, S = 1."""
+
+    def cell(found: dict, measure: str, *columns: str) -> str:
+        row = found.get(measure)
+        return " / ".join(f3(row[c]) if not c.startswith("changed") else pct(row[c]) for c in columns) if row else "-"
+
+    def pct(text: str) -> str:
+        return f"{100 * float(text):.1f} %"
+
+    table = []
+    for run in sorted({(r["setting"], r["dataset"], r["seed"]) for r in rows}, key=lambda k: (k[0], k[1], k[2])):
+        for split in ("validation", "test"):
+            found = {r["measure"]: r for r in select(rows, setting=run[0], dataset=run[1], seed=run[2], split=split)}
+            if not found:
+                continue
+            cells = [run[0], DISPLAY_NAMES.get(run[1], run[1]), run[2], split, found["denoised"]["images"]]
+            cells += [cell(found, "prior", "accuracy", "auc")]
+            cells += [cell(found, "denoised", "accuracy", "auc", "changed_vs_prior")]
+            cells += [cell(found, "prior_mean_chain", "changed_vs_prior")]
+            cells += [cell(found, "features_swapped", "changed_vs_denoised")]
+            cells += [cell(found, "uniform_prior", "accuracy", "changed_vs_denoised")]
+            cells += [
+                cell(found, "stacker_prior", "accuracy", "auc"),
+                cell(found, "stacker_prior_features", "accuracy", "auc"),
+            ]
+            table.append(cells)
+    header = ["setting", "dataset", "seed", "split", "images", "prior ACC / AUC"]
+    header += ["denoised ACC / AUC / labels not the prior's", "chain from the prior mean: labels not the prior's"]
+    header += ["rho(x) of another image: labels changed", "uniform prior: ACC / labels changed"]
+    header += ["logistic [log prior] ACC / AUC", "logistic [log prior, rho(x)] ACC / AUC"]
+    return markdown(header, table)
+
+
 def seeds_cells(metrics: Sequence[dict[str, str]], setting: str, dataset: str) -> tuple[list[str], list[float]]:
     """One row of the seeds table and the validation accuracies (S = 1 and 10, every seed) it averages."""
     rows = select(metrics, dataset=dataset, setting=setting, variant="full")
@@ -843,6 +877,11 @@ TABLES: dict[str, tuple[tuple[str | tuple[str, ...], ...], Callable[..., str]]] 
         (("study_h100.csv", "fixed_prior_cpu.csv"), ("study_h100_curves.csv", "fixed_prior_cpu_curves.csv")),
         functools.partial(study_table, settings=("y0", *FIXED_PRIOR_SETTINGS), with_device=True),
     ),
+    "eval_priors_cpu": (
+        (("small_y0_cpu.csv", "eval_priors_cpu.csv"), ("small_y0_cpu_curves.csv", "eval_priors_cpu_curves.csv")),
+        functools.partial(study_table, settings=("y0", "y0_eval_priors"), with_device=True),
+    ),
+    "diagnostics_cpu": (("diagnostics_cpu.csv",), diagnostics_table),
     "paper_datasets_cpu": (
         ("paper_datasets_cpu.csv", "paper_datasets_cpu_predictions.csv.gz", "paper_datasets_cpu_curves.csv"),
         paper_datasets_table,

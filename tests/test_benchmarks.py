@@ -114,6 +114,7 @@ def test_report_rebuilds_the_tables_from_the_committed_csvs(tmp_path):
     names += ["smallest_k_cpu", "evaluation_cpu", "speed_cpu", "study_cpu", "paper_datasets_cpu"]
     names += ["ablation_y0", "study_h100", "seeds", "fixed_prior_cpu"]
     names += ["evaluation_y0_cpu", "sampling_steps_y0_cpu", "smallest_k_y0_cpu", "learning_rate_cpu"]
+    names += ["eval_priors_cpu", "diagnostics_cpu"]
     blocks = ["<!-- table:speed_h200 -->\nstale\n<!-- end -->"] + [f"<!-- table:{n} -->\n<!-- end -->" for n in names]
     page.write_text(f"intro\n{blocks[0]}\nmiddle\n" + "\n".join(blocks[1:]) + "\n")
     report = load_script("report")
@@ -418,8 +419,10 @@ def test_diagnostics_counterfactuals_and_stackers_on_the_tiny_bundle(tmp_path, t
     by = {(r["split"], r["measure"]): r for r in rows}
     assert {r["images"] for r in rows if r["split"] == "test"} == {"156"}
     assert by[("test", "denoised")]["changed_vs_denoised"] == "0"
+    assert by[("test", "prior")]["changed_vs_prior"] == "0"
     for row in rows:
         assert 0.0 <= float(row["accuracy"]) <= 1.0 and 0.0 <= float(row["changed_vs_denoised"]) <= 1.0
+        assert 0.0 <= float(row["changed_vs_prior"]) <= 1.0
     # the same numbers as `run evaluating` of the session's bundle (S = 1, the config's sampler)
     evaluated = script.load_parser(script.Run(run), "test", dict(TINY))
     from scripts.checkpoint import load_weights
