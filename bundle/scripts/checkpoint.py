@@ -21,6 +21,7 @@ from .folder_lock import FolderLock
 from .options import as_bool
 
 __all__ = [
+    "require_checkpoint",
     "load_checkpoint",
     "load_weights",
     "WeightsLoader",
@@ -60,6 +61,17 @@ def load_checkpoint(path: str, map_location: str | torch.device | None = None) -
         ) from None
     except (RuntimeError, EOFError, OSError) as error:
         raise ValueError(f"{path} is not a readable checkpoint (truncated or not a torch file): {error}") from None
+
+
+def require_checkpoint(path: str) -> str:
+    """``path``, or an error saying how to get one: the first step of evaluation, t-SNE and inference, so that a
+    missing model is named before any data is read (initialize does not need one: the model zoo's checks run it
+    on a bundle without weights)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"ckpt_path: {path} not found; train first, or point --model_dir (or --ckpt_path) at a trained model"
+        )
+    return path
 
 
 def load_weights(network: nn.Module, path: str, map_location: str | torch.device | None = None) -> nn.Module:

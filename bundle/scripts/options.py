@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import logging
 import os
 import re
 import sys
@@ -25,8 +24,6 @@ import torch
 import yaml
 
 __all__ = ["Option", "OPTIONS", "ConfigError", "check_config", "as_bool", "install_error_summary"]
-
-logger = logging.getLogger(__name__)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TRUE, FALSE, NULL = ("true", "yes", "on", "1"), ("false", "no", "off", "0"), ("null", "none", "~", "")
@@ -372,12 +369,6 @@ def _relations(parser, config: dict, run_id: str | None) -> list[str]:
     training = "train" in config and run_id in TRAINING_RUNS
     if training:
         problems += _training_problems(config)
-    evaluating = run_id in ("evaluating", "tsne") or run_id == "run" and "train" not in config  # inference's run
-    checkpoint = value("ckpt_path") if evaluating and "ckpt_path" in config else None
-    if checkpoint is not None and not os.path.isfile(str(checkpoint)):
-        problems.append(
-            f"ckpt_path: {checkpoint} not found; train first, or point --model_dir (or --ckpt_path) at a trained model"
-        )
     folders = ["output_dir"] + (["model_dir"] if training else [])
     for name in folders:
         folder = value(name) if name in config else None
