@@ -8,8 +8,8 @@
 #   3. two more seeds of the y0 and y0_no_ema settings, and C1 and C2 with y0: the ablation of the winner;
 #   4. a prior that stops training (dcg_epochs) at the warm-up's end, 3 seeds, and after 10 epochs, one seed;
 #   5. the encoder and denoiser at a third of the learning rate (lr_denoiser 0.0003), 3 seeds;
-#   6. the diffusion study of docs/benchmarks.md: eval-mode priors (3 seeds), the prior-error weighting of the
-#      denoising loss, the authors' DCG objective, and the three together (one seed each).
+#   6. the diffusion study of docs/benchmarks.md: eval-mode priors and the prior-error weighting of the denoising
+#      loss (3 seeds each), the authors' DCG objective, and the three together (one seed each).
 # Every line below is one train_evaluate.py job with its own folder; JOBS of them run at once (a 28 px run is
 # launch-bound and leaves the GPU mostly idle). Each job's training stops EVAL_SECONDS before LIMIT (at the end
 # of an iteration, reporting the epochs it completed), so that its best checkpoint is still evaluated; whatever is
@@ -20,7 +20,7 @@
 # (1-24) ran the noise target: EXTRA_ARGS="--set prediction_type=epsilon" reruns those as they ran.
 # EXTRA_ARGS adds arguments to every job (e.g. "--tiny --datasets breastmnist" for a dry run on a CPU).
 # PART=ablation runs only the ablation's jobs (1-12), PART=study only the study's (13-28), PART=seeds 29-36,
-# PART=y0 37-40, PART=fixed_prior 41-48, PART=learning_rate 49-54, PART=diffusion_study 55-66; all by default. PART may also list job numbers, started in that order
+# PART=y0 37-40, PART=fixed_prior 41-48, PART=learning_rate 49-54, PART=diffusion_study 55-70; all by default. PART may also list job numbers, started in that order
 # (e.g. PART="25 26 29 19").
 set -u
 : "${OUT:?set OUT to the results folder}"
@@ -100,8 +100,12 @@ jobs() {
 --datasets breastmnist $both --no-tsne --seeds 0 --setting y0_eval_priors --set prior_mode=eval
 --datasets breastmnist $both --no-tsne --seeds 1 --setting y0_eval_priors --set prior_mode=eval
 --datasets breastmnist $both --no-tsne --seeds 2 --setting y0_eval_priors --set prior_mode=eval
---datasets retinamnist $study --setting y0_weight10 --set prior_error_weight=10
---datasets breastmnist $study --setting y0_weight10 --set prior_error_weight=10
+--datasets retinamnist $both --no-tsne --seeds 0 --setting y0_weight10 --set prior_error_weight=10
+--datasets retinamnist $both --no-tsne --seeds 1 --setting y0_weight10 --set prior_error_weight=10
+--datasets retinamnist $both --no-tsne --seeds 2 --setting y0_weight10 --set prior_error_weight=10
+--datasets breastmnist $both --no-tsne --seeds 0 --setting y0_weight10 --set prior_error_weight=10
+--datasets breastmnist $both --no-tsne --seeds 1 --setting y0_weight10 --set prior_error_weight=10
+--datasets breastmnist $both --no-tsne --seeds 2 --setting y0_weight10 --set prior_error_weight=10
 --datasets retinamnist $study --setting y0_authors_dcg --set dcg_loss_terms=fused dcg_amsgrad=true
 --datasets breastmnist $study --setting y0_authors_dcg --set dcg_loss_terms=fused dcg_amsgrad=true
 --datasets retinamnist $study --setting y0_all3 --set prior_mode=eval prior_error_weight=10 dcg_loss_terms=fused dcg_amsgrad=true
@@ -115,8 +119,8 @@ case "${PART:-all}" in
   y0) picked=$(seq 37 40) ;;
   fixed_prior) picked=$(seq 41 48) ;;
   learning_rate) picked=$(seq 49 54) ;;
-  diffusion_study) picked=$(seq 55 66) ;;
-  all) picked=$(seq 1 66) ;;
+  diffusion_study) picked=$(seq 55 70) ;;
+  all) picked=$(seq 1 70) ;;
   *[!0-9\ ]* | "") echo "PART must be ablation, study, seeds, y0, fixed_prior, learning_rate, diffusion_study, all or job numbers, not ${PART}" >&2; exit 2 ;;
   *) picked=$PART ;;
 esac

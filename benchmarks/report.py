@@ -35,6 +35,7 @@ FIXED_PRIOR_FIGURE = REPO / "bundle" / "docs" / "images" / "prior_vs_denoised_ep
 FIXED_PRIOR_SETTINGS = ("y0_dcg5", "y0_dcg10")  # dcg_epochs 5 and 10 of 30 (train_evaluate.py --setting)
 LR_FIGURE = REPO / "bundle" / "docs" / "images" / "prior_vs_denoised_epochs_lr.png"
 LR_SETTINGS = ("y0", "y0_lr3e-4")  # the y0 recipe on the CPU, and with lr_denoiser 0.0003 instead of 0.001
+DIFFUSION_STUDY_SETTINGS = ("y0", "y0_repeat", "y0_eval_priors", "y0_weight10")  # issue 16's validation studies
 STEPS_FIGURE = REPO / "bundle" / "docs" / "images" / "accuracy_vs_steps.png"
 Y0_STEPS_FIGURE = REPO / "bundle" / "docs" / "images" / "accuracy_vs_steps_y0.png"
 CONFIGS = REPO / "bundle" / "configs"
@@ -877,9 +878,12 @@ TABLES: dict[str, tuple[tuple[str | tuple[str, ...], ...], Callable[..., str]]] 
         (("study_h100.csv", "fixed_prior_cpu.csv"), ("study_h100_curves.csv", "fixed_prior_cpu_curves.csv")),
         functools.partial(study_table, settings=("y0", *FIXED_PRIOR_SETTINGS), with_device=True),
     ),
-    "eval_priors_cpu": (
-        (("small_y0_cpu.csv", "eval_priors_cpu.csv"), ("small_y0_cpu_curves.csv", "eval_priors_cpu_curves.csv")),
-        functools.partial(study_table, settings=("y0", "y0_eval_priors"), with_device=True),
+    "diffusion_study_cpu": (
+        (
+            ("small_y0_cpu.csv", "diffusion_study_cpu.csv"),
+            ("small_y0_cpu_curves.csv", "diffusion_study_cpu_curves.csv"),
+        ),
+        functools.partial(study_table, settings=DIFFUSION_STUDY_SETTINGS, with_device=True),
     ),
     "diagnostics_cpu": (("diagnostics_cpu.csv",), diagnostics_table),
     "paper_datasets_cpu": (

@@ -114,7 +114,7 @@ def test_report_rebuilds_the_tables_from_the_committed_csvs(tmp_path):
     names += ["smallest_k_cpu", "evaluation_cpu", "speed_cpu", "study_cpu", "paper_datasets_cpu"]
     names += ["ablation_y0", "study_h100", "seeds", "fixed_prior_cpu"]
     names += ["evaluation_y0_cpu", "sampling_steps_y0_cpu", "smallest_k_y0_cpu", "learning_rate_cpu"]
-    names += ["eval_priors_cpu", "diagnostics_cpu"]
+    names += ["diffusion_study_cpu", "diagnostics_cpu"]
     blocks = ["<!-- table:speed_h200 -->\nstale\n<!-- end -->"] + [f"<!-- table:{n} -->\n<!-- end -->" for n in names]
     page.write_text(f"intro\n{blocks[0]}\nmiddle\n" + "\n".join(blocks[1:]) + "\n")
     report = load_script("report")
@@ -435,7 +435,7 @@ def test_diagnostics_counterfactuals_and_stackers_on_the_tiny_bundle(tmp_path, t
 
 
 def test_gpu_ablation_runs_a_picked_job_in_tiny_mode_and_packs_its_results(tmp_path):
-    """benchmarks/gpu_ablation.sh on the CPU: job 66 (every switch of the diffusion study, BreastMNIST) made tiny,
+    """benchmarks/gpu_ablation.sh on the CPU: job 70 (every switch of the diffusion study, BreastMNIST) made tiny,
     then a bad PART. Its list-valued `--set dcg_loss_terms=fused` reaches the trainer through the config check."""
     data_dir = require_data("medmnist/breastmnist.npz")
     env = dict(
@@ -443,7 +443,7 @@ def test_gpu_ablation_runs_a_picked_job_in_tiny_mode_and_packs_its_results(tmp_p
         OUT=str(tmp_path),
         DIFFMIC_DATA_DIR=str(data_dir),
         PYTHON=sys.executable,
-        PART="66",
+        PART="70",
         LIMIT="600",
         EVAL_SECONDS="60",
         EXTRA_ARGS="--tiny --datasets breastmnist",  # 2 epochs, the second joint
@@ -452,9 +452,9 @@ def test_gpu_ablation_runs_a_picked_job_in_tiny_mode_and_packs_its_results(tmp_p
     done = subprocess.run(["bash", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     work = tmp_path / "work"
-    assert (work / "jobs.txt").read_text().startswith("job 66: exit 0 (--datasets breastmnist")
+    assert (work / "jobs.txt").read_text().startswith("job 70: exit 0 (--datasets breastmnist")
     assert "cores:" in (work / "machine.txt").read_text()
-    rows = read_rows(work / "job66" / "results.csv")
+    rows = read_rows(work / "job70" / "results.csv")
     assert sorted((r["split"], r["num_samples"]) for r in rows) == [
         ("test", "1"),
         ("test", "10"),
@@ -467,7 +467,7 @@ def test_gpu_ablation_runs_a_picked_job_in_tiny_mode_and_packs_its_results(tmp_p
     assert {(r["setting"], r["overrides"].startswith(switches), r["epochs"]) for r in rows} == {("y0_all3", True, "2")}
     with tarfile.open(tmp_path / "results.tar.gz") as packed:
         names = packed.getnames()
-    assert "work/job66/results.csv" in names and not any("/models" in n for n in names)
+    assert "work/job70/results.csv" in names and not any("/models" in n for n in names)
 
     bad = subprocess.run(["bash", script], cwd=REPO, env=dict(env, PART="y1"), capture_output=True, text=True)
     assert (
