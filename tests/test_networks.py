@@ -182,6 +182,16 @@ def test_dcg_epochs_fixes_the_prior_after_them_while_the_denoiser_trains():
         )
 
 
+def one_batch_trainer(net: DiffMIC, images: torch.Tensor, **kwargs) -> DiffMICTrainer:
+    """A trainer of ``net`` on one batch of ``images`` with LABELS, no warm-up, Adam 1e-3 for both optimizers."""
+    settings = dict(device="cpu", max_epochs=1, train_data_loader=[{"image": images, "label": LABELS}], network=net)
+    settings.update(optimizer=torch.optim.Adam(net.head.parameters(), 1e-3), warmup_epochs=0, decollate=False)
+    settings.update(
+        dcg_optimizer=torch.optim.Adam(net.dcg.parameters(), 1e-3), loss_function=torch.nn.CrossEntropyLoss()
+    )
+    return DiffMICTrainer(**{**settings, **kwargs})
+
+
 def test_eval_prior_mode_trains_the_denoiser_on_the_priors_validation_sees():
     """prior_mode eval: after the DCG's step, the denoiser is conditioned on the DCG's eval-mode priors (running
     BatchNorm statistics, no gradient), not on the training forward's; train mode: the training forward's."""
@@ -190,18 +200,7 @@ def test_eval_prior_mode_trains_the_denoiser_on_the_priors_validation_sees():
     for mode in ("train", "eval"):
         torch.manual_seed(0)
         net = tiny_net(in_channels=1, num_classes=2)
-        trainer = DiffMICTrainer(
-            device="cpu",
-            max_epochs=1,
-            train_data_loader=[batch],
-            network=net,
-            optimizer=torch.optim.Adam(net.head.parameters(), 1e-3),
-            dcg_optimizer=torch.optim.Adam(net.dcg.parameters(), 1e-3),
-            loss_function=torch.nn.CrossEntropyLoss(),
-            warmup_epochs=0,
-            prior_mode=mode,
-            decollate=False,
-        )
+        trainer = one_batch_trainer(net, batch["image"], prior_mode=mode)
         loss = trainer._diffusion_loss
         trainer._diffusion_loss = lambda model, images, labels, priors, m=mode, f=loss: (
             seen.__setitem__(m, {k: v.clone() for k, v in priors.items()}) or f(model, images, labels, priors)
@@ -213,16 +212,7 @@ def test_eval_prior_mode_trains_the_denoiser_on_the_priors_validation_sees():
         matches = {k: torch.allclose(seen[mode][k], expected[k], atol=1e-6) for k in expected}
         assert all(matches.values()) if mode == "eval" else not any(matches.values()), (mode, matches)
     with pytest.raises(ValueError, match="prior_mode must be 'train' or 'eval'"):
-        DiffMICTrainer(
-            device="cpu",
-            max_epochs=1,
-            train_data_loader=[batch],
-            network=net,
-            optimizer=torch.optim.Adam(net.head.parameters()),
-            dcg_optimizer=torch.optim.Adam(net.dcg.parameters()),
-            loss_function=torch.nn.CrossEntropyLoss(),
-            prior_mode="eval_mode",
-        )
+        one_batch_trainer(net, batch["image"], prior_mode="eval_mode")
 
 
 def test_prior_error_weight_and_dcg_loss_terms():
@@ -232,20 +222,7 @@ def test_prior_error_weight_and_dcg_loss_terms():
     images = torch.randn(6, 1, 24, 24)
 
     def trainer(**kwargs) -> DiffMICTrainer:
-        return DiffMICTrainer(
-            device="cpu",
-            max_epochs=1,
-            train_data_loader=[{"image": images, "label": LABELS}],
-            network=net,
-            optimizer=torch.optim.Adam(net.head.parameters(), 1e-3),
-            dcg_optimizer=torch.optim.Adam(net.dcg.parameters(), 1e-3),
-            loss_function=torch.nn.CrossEntropyLoss(),
-            warmup_epochs=0,
-            noise_draws=2,
-            mmd_weight=0.0,
-            decollate=False,
-            **kwargs,
-        )
+        return one_batch_trainer(net, images, noise_draws=2, mmd_weight=0.0, **kwargs)
 
     sure = torch.nn.functional.one_hot(LABELS, 2).float()
     losses = {}
