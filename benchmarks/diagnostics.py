@@ -84,12 +84,12 @@ def measure_run(run: Run, overrides: dict, device: torch.device, stamp: dict) ->
     from scripts import metrics
     from scripts.checkpoint import load_weights
 
-    rows, outputs = [], {}
+    rows, outputs, network = [], {}, None
     for split in SPLITS:
         parser = load_parser(run, split, overrides)
-        network = parser.get_parsed_content("network_def").to(device)
-        load_weights(network, str(run.checkpoint), device)
-        network.eval()
+        if network is None:  # one network for both splits: only the data differ
+            network = load_weights(parser.get_parsed_content("network_def").to(device), str(run.checkpoint), device)
+            network.eval()
         inferer = parser.get_parsed_content("validate#inferer")
         inferer.num_samples = 1
         with torch.no_grad():

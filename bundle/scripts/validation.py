@@ -13,7 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 
-__all__ = ["validate_datalists", "check_inference_images", "summarize_datalists", "check_image_file", "SPLITS"]
+__all__ = [
+    "validate_datalists",
+    "check_inference_images",
+    "unusable_files",
+    "summarize_datalists",
+    "check_image_file",
+    "SPLITS",
+]
 
 SPLITS = ("train", "validation", "test")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -43,6 +50,12 @@ def check_image_file(path: str) -> str | None:
     if len(spatial) != 2:
         return f"not a 2D image: shape {tuple(image.shape)} (channels first); DiffMIC classifies 2D images"
     return None
+
+
+def unusable_files(files: list[str], workers: int = 8) -> dict[str, str]:
+    """``{file: why}`` for every file of ``files`` that :func:`check_image_file` rejects, decoded in threads."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # decoding releases the GIL
+        return {path: why for path, why in zip(files, pool.map(check_image_file, files), strict=True) if why}
 
 
 def _where(item: dict) -> str:
@@ -111,8 +124,7 @@ def validate_datalists(
                 seen.setdefault(key, split)
 
     files = sorted({item["image"] for s in splits for item in datalists.get(s, []) if isinstance(item["image"], str)})
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # decoding releases the GIL
-        bad = {path: why for path, why in zip(files, pool.map(check_image_file, files), strict=True) if why}
+    bad = unusable_files(files, workers)
     bad_items = [
         f"{_where(it)}{it['image']}: {bad[it['image']]}"
         for s in splits
@@ -146,10 +158,8 @@ def check_inference_images(
     """
     if on_bad_image not in ("error", "skip"):
         raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
-    files = [it["image"] for it in items]
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # decoding releases the GIL
-        reasons = list(pool.map(check_image_file, files))
-    bad = [(path, why) for path, why in zip(files, reasons, strict=True) if why]
+    unusable = unusable_files([it["image"] for it in items], workers)
+    bad = [(it["image"], unusable[it["image"]]) for it in items if it["image"] in unusable]
     listed = [f"{path}: {why}" for path, why in bad]
     if bad and on_bad_image == "error":
         _raise(listed, "the images to classify", "\n--on_bad_image skip classifies the others and lists these")
@@ -161,7 +171,7 @@ def check_inference_images(
             table = io.StringIO()
             csv.writer(table, lineterminator="\n").writerows([("image", "reason"), *bad])
             write_atomic(os.path.join(output_dir, "skipped.csv"), table.getvalue())
-    kept = [it for it, why in zip(items, reasons, strict=True) if not why]
+    kept = [it for it in items if it["image"] not in unusable]
     if not kept:
         raise ValueError(f"none of the {len(items)} images can be classified (listed above)")
     return kept
