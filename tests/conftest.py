@@ -99,6 +99,21 @@ def train_workflow(config_files: list[str], out: Path, **overrides):
     return workflow
 
 
+def _listing(folder: Path) -> dict[str, float]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime for p in folder.rglob("*")} if folder.is_dir() else {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_folders_untouched():
+    """The suite writes to temporary folders only: a user's bundle/eval and bundle/models stay as they were."""
+    before = {name: _listing(BUNDLE / name) for name in ("eval", "models")}
+    yield
+    for name, listing in before.items():
+        after = _listing(BUNDLE / name)
+        changed = sorted(k for k in after.keys() | listing.keys() if after.get(k) != listing.get(k))
+        assert not changed, f"the tests wrote into bundle/{name}: {changed[:10]}; give them tmp_path folders"
+
+
 @pytest.fixture(scope="session")
 def trained_bundle(tmp_path_factory):
     """A DiffMIC bundle trained once on BreastMNIST with the tiny recipe; shared by the tests that need one."""

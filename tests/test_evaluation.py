@@ -131,6 +131,7 @@ def test_inference_workflow_has_every_property_and_builds_the_training_network(t
         workflow_type="infer",
         bundle_root=str(BUNDLE),
         dataset_dir=str(tmp_path),
+        output_dir=str(tmp_path / "out"),
     )
     workflow.initialize()
     assert not workflow.check_properties()

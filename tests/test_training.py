@@ -48,11 +48,13 @@ def test_denoised_prediction_beats_the_majority_class(trained_bundle):
     assert evaluator.state.best_metric_epoch > TINY["warmup_epochs"]
 
 
-def test_train_workflow_has_every_property():
+def test_train_workflow_has_every_property(tmp_path):
     workflow = ConfigWorkflow(
         config_file=bundle_configs("train", "data/breastmnist", "small"),
         workflow_type="train",
         bundle_root=str(BUNDLE),
+        output_dir=str(tmp_path / "eval"),
+        model_dir=str(tmp_path / "models"),
     )
     workflow.initialize()
     assert not workflow.check_properties()

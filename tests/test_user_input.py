@@ -254,3 +254,35 @@ def test_a_training_split_smaller_than_a_batch_is_refused_before_training(tmp_pa
     error = last_error(done)
     assert "the training split has 546 image(s) for this process, fewer than batch_size (600)" in error
     assert not list((tmp_path / "models").glob("*.pt"))
+
+
+def test_a_second_evaluation_or_inference_never_replaces_the_first_ones_results(trained_bundle, tmp_path):
+    """`run` of evaluate.yaml evaluates (the model zoo's pattern), says where it wrote and what it measured; a
+    second run into the same folder is refused before any work, naming the files; --overwrite true replaces them.
+    """
+    args = [*tiny(tmp_path), "--model_dir", str(trained_bundle["dir"] / "models")]
+    done = cli("run", [*TRAINING, "configs/evaluate.yaml"], *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stderr + done.stdout
+    assert f"Results written to {tmp_path / 'eval'}: metrics.json, predictions.csv" in log
+    assert "test split, 156 images: denoised ACC" in log and "; DCG prior ACC" in log
+    assert "Got new best metric" not in log and "resuming from iteration 0" not in log
+    metrics = tmp_path / "eval" / "metrics.json"
+    assert metrics.read_text().endswith("}\n")
+    first = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "eval").iterdir()}
+
+    error = last_error(cli("evaluating", [*TRAINING, "configs/evaluate.yaml"], *args))
+    assert f"output_dir {tmp_path / 'eval'} holds the results of an earlier run: metrics.json (" in error
+    assert "Nothing was run" in error and "--overwrite true" in error
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "eval").iterdir()} == first
+
+    done = cli("evaluating", [*TRAINING, "configs/evaluate.yaml"], *args, "--overwrite", "true")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "--overwrite true: replacing the earlier results" in done.stderr + done.stdout
+    assert metrics.stat().st_mtime_ns > first["metrics.json"]
+
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.full((28, 28), 80, np.uint8)).save(tmp_path / "images" / "one.png")
+    (tmp_path / "eval" / "skipped.csv").write_text("image,reason\n")
+    error = last_error(cli("run", INFERENCE, *args, "--dataset_dir", str(tmp_path / "images")))
+    assert "holds the results of an earlier run: predictions.csv (" in error and "skipped.csv (" in error

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
+import warnings
 import zlib
 from collections.abc import Sequence
 
@@ -22,6 +24,17 @@ from .inferer import DiffMICInferer, unwrap
 from .losses import rbf_mmd
 
 __all__ = ["DiffMICTrainer", "DiffMICEvaluator", "JointValidationHandler", "scalar_terms"]
+
+
+class _RealResumesOnly(logging.Filter):
+    """MONAI fills an engine's state before its run, so ignite announces every fresh run as "resuming from
+    iteration 0": only a resume from a later iteration is worth a line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Engine run resuming from iteration 0,")
+
+
+_REAL_RESUMES_ONLY = _RealResumesOnly()
 
 
 class DiffMICTrainer(SupervisedTrainer):
@@ -88,6 +101,9 @@ class DiffMICTrainer(SupervisedTrainer):
                 "the warm-up trains the DCG alone"
             )
         super().__init__(*args, **kwargs)
+        self.logger.addFilter(_REAL_RESUMES_ONLY)
+        # the denoiser's schedule counts the DCG warm-up, during which its optimizer is idle by design
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer")
         loader = self.data_loader
         if isinstance(loader, DataLoader) and len(loader) == 0:  # drop_last with fewer images than one batch
             raise ValueError(
@@ -329,6 +345,10 @@ class DiffMICEvaluator(SupervisedEvaluator):
     ``id``; and ``label`` when the batch has labels. ``inferer`` must be a :class:`DiffMICInferer`: the
     batch's ``id`` entries seed the sampling noise.
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.logger.addFilter(_REAL_RESUMES_ONLY)
 
     def _iteration(self, engine: DiffMICEvaluator, batchdata: dict[str, torch.Tensor]) -> dict:
         if batchdata is None:

@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import os
 from collections.abc import Sequence
 
@@ -16,15 +17,21 @@ from monai.data import decollate_batch
 
 from .figures import calibration_figure, confusion_figure, saliency_figure, save_figure
 from .metrics import calibration_bins, classification_report, uncertainty_report
+from .results import report_written
 from .roi import normalized_saliency
 
-__all__ = ["PredictionReport", "SaliencyWriter", "write_atomic"]
+__all__ = ["PredictionReport", "SaliencyWriter", "summary_line", "write_atomic"]
+
+logger = logging.getLogger(__name__)
 
 PRIORS = {"fused": "", "global": "_global", "local": "_local"}  # prior name: suffix of its engine output key
 PROBABILITY_RULE = (
     "per sample: clip the denoised label vector at 0 and divide by its sum (one-hot of its argmax when no entry "
     "is positive); per image: the mean over samples; prediction: argmax of the mean"
 )
+
+
+SUMMARY = (("accuracy", "ACC"), ("auc", "AUC"), ("macro_f1", "macro-F1"), ("kappa", "kappa"), ("ece", "ECE"))
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -164,9 +171,11 @@ class PredictionReport:
             raise ValueError(f"no images were evaluated; nothing written to {self.output_dir}")
         write_atomic(os.path.join(self.output_dir, "predictions.csv"), _csv_text(self.table()))
         if not all("label" in r for r in self.records):
+            report_written(self.output_dir, ["predictions.csv"])
             return
         report = self.metrics()
-        write_atomic(os.path.join(self.output_dir, "metrics.json"), json.dumps(report, indent=2))
+        logger.info(summary_line(report, self.info.get("split")))
+        write_atomic(os.path.join(self.output_dir, "metrics.json"), json.dumps(report, indent=2) + "\n")
         (labels, probs), fused = self.labels_and_scores(), self.labels_and_scores("fused")[1]
         title = f"{self.info.get('split', '')} split, denoised prediction".strip()
         save_figure(
@@ -178,6 +187,19 @@ class PredictionReport:
             "DCG prior": (calibration_bins(fused, labels, self.num_bins), report["prior"]["fused"]["ece"]),
         }
         save_figure(calibration_figure(curves), os.path.join(self.output_dir, "calibration.png"))
+        report_written(self.output_dir, ["metrics.json", "predictions.csv", "confusion_matrix.png", "calibration.png"])
+
+
+def summary_line(report: dict, split: str | None = None) -> str:
+    """One line of a metrics report: the denoised prediction's main metrics, then the fused prior's."""
+
+    def scores(block: dict) -> str:
+        return ", ".join(f"{name} {block[key]:.3f}" for key, name in SUMMARY if block.get(key) is not None)
+
+    where = f"{split} split, " if split else ""
+    line = f"{where}{report['num_images']} images: denoised {scores(report['denoised'])}"
+    fused = report.get("prior", {}).get("fused")
+    return f"{line}; DCG prior {scores(fused)}" if fused else line
 
 
 def _csv_text(rows: list[dict]) -> str:
@@ -205,9 +227,18 @@ class SaliencyWriter:
         self.output_dir = output_dir
         self.class_names = list(class_names)
         self.roi_size = roi_size
+        self.written = 0
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self.report)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self.written = 0
+
+    def report(self, engine: Engine | None = None) -> None:
+        report_written(self.output_dir, [f"{self.written} saliency figures (<id>.png)"])
 
     def __call__(self, engine: Engine) -> None:
         for item in _images(engine.state.output):
@@ -219,3 +250,4 @@ class SaliencyWriter:
             figure = saliency_figure(image.numpy(), heat.numpy(), np.asarray(item["rois"]), self.roi_size, title)
             name = str(item["id"]).replace("/", "__").replace(os.sep, "__")
             save_figure(figure, os.path.join(self.output_dir, f"{name}.png"))
+            self.written += 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -11,8 +13,11 @@ from torch import nn
 
 from .figures import save_figure, tsne_figure
 from .inferer import DiffMICInferer, unwrap
+from .results import report_written
 
 __all__ = ["reverse_chain_states", "reverse_chain_tsne"]
+
+logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -66,14 +71,17 @@ def reverse_chain_tsne(
     Returns:
         ``path``.
     """
+    logger.info(f"t-SNE: running the reverse chain on at most {max_images} images")
     states, labels, names = reverse_chain_states(network, inferer, dataloader, device, max_images)
     if len(labels) < 3:
         raise ValueError(f"t-SNE needs at least 3 images, got {len(labels)}")
     chosen = sorted({int(round(i)) for i in np.linspace(0, len(states) - 1, min(panels, len(states)))})
     perplexity = min(30.0, (len(labels) - 1) / 3)
+    logger.info(f"t-SNE: embedding {len(chosen)} chain states of {len(labels)} images")
     embeddings = [
         TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(states[i])
         for i in chosen
     ]
     save_figure(tsne_figure(embeddings, labels, class_names, [names[i] for i in chosen]), path)
+    report_written(os.path.dirname(path), [os.path.basename(path)])
     return path
