@@ -1,6 +1,7 @@
 """The model zoo's checks on the bundle (network in/out, TorchScript export) and MONAI Deploy's calling convention."""
 
 import json
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -156,3 +157,21 @@ def test_deploy_bundle_operator_calling_convention(exported, trained_bundle, tmp
         result = postprocessing({"pred": ensure_tuple(outputs)[0], **inputs})
         assert result["pred"].shape == (1,) and int(result["pred"].item()) == int(expected["probs"].argmax())
         torch.testing.assert_close(outputs, expected["probs"], rtol=1e-4, atol=1e-5)
+
+
+def test_the_readme_export_commands_work_on_the_model_the_first_command_trains(trained_bundle, tmp_path):
+    """The README's verify_net_in_out and ckpt_export lines, as written, on a BreastMNIST small-recipe model
+    (the tests' sizes appended; the model's paths swapped for the test session's)."""
+    lines = [
+        line
+        for line in (BUNDLE.parent / "README.md").read_text().splitlines()
+        if line.startswith("python -m monai.bundle ") and " network_def " in line
+    ]
+    assert [line.split()[3] for line in lines] == ["verify_net_in_out", "ckpt_export"]
+    overrides = [arg for k, v in NETWORK.items() for arg in (f"--{k}", str(v))]
+    model = str(trained_bundle["dir"] / "models" / "model.pt")
+    for line in lines:
+        args = [model if a == "models/model.pt" else a for a in shlex.split(line)[3:]]
+        args = [str(tmp_path / "model.ts") if a == "models/model.ts" else a for a in args]
+        monai_bundle(*args, *overrides)
+    assert (tmp_path / "model.ts").stat().st_size > 100_000

@@ -63,6 +63,5 @@ class TrainingProgress:
         done = state.epoch - self.first_epoch
         left = elapsed / max(done, 1) * (state.max_epochs - state.epoch)
         means = " ".join(f"{k} {v / max(self.count, 1):.4f}" for k, v in self.sums.items() if k.startswith("loss"))
-        logger.info(
-            f"Epoch {state.epoch}/{state.max_epochs} done ({means}); run time {_clock(elapsed)}, about {_clock(left)} left"
-        )
+        timing = f"run time {_clock(elapsed)}, about {_clock(left)} left"
+        logger.info(f"Epoch {state.epoch}/{state.max_epochs} done ({means}); {timing}")
