@@ -243,7 +243,19 @@ def test_a_folder_of_grayscale_pngs_validates_trains_and_evaluates_with_one_comm
         str(out),
     )
     with open(out / "predictions.csv", newline="") as f:
-        tested = [row["id"] for row in csv.DictReader(f)]
+        tested = {row["id"]: row for row in csv.DictReader(f)}
     assert sorted(tested) == sorted(e["id"] for e in saved["test"])  # the split training saved, not a new one
     report = json.loads((out / "metrics.json").read_text())
     assert report["class_names"] == ["malignant", "benign"] and report["num_images"] == len(saved["test"])
+
+    # inference on the dataset's folder (class names from the saved split): the same ids, so the same noise
+    inferred = tmp_path / "inference"
+    network = [
+        a for key in ("width", "encoder_depth", "global_depth", "local_depth") for a in (f"--{key}", str(TINY[key]))
+    ]
+    places = ["--dataset_dir", str(root), "--model_dir", str(models), "--output_dir", str(inferred)]
+    cli("run", ["configs/inference.yaml", "configs/data/folders.yaml", "configs/small.yaml"], *network, *places)
+    with open(inferred / "predictions.csv", newline="") as f:
+        classified = {row["id"]: row for row in csv.DictReader(f)}
+    for image_id, row in tested.items():
+        assert classified[image_id]["prob_benign"] == row["prob_benign"], image_id
