@@ -159,6 +159,20 @@ def test_csv_layout_ids_are_inference_ids_labels_splits_and_groups(tmp_path):
     kept = {group[i.split("/")[-1]] for i in ids(lists["train"])}
     assert lists["validation"] and not kept & {group[i.split("/")[-1]] for i in ids(lists["validation"])}
 
+    split_file = tmp_path / "models" / "datalists.json"
+    save_split(lists, str(split_file), str(root), ["0", "5", "10"])
+    trained = lists["train"][0]
+    line = int(trained["source"].rsplit(" ", 1)[1])
+    moved = [list(r) for r in rows]
+    moved[line - 1][2] = "test"  # a training image declared a test image after training began
+    with open(root / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows(moved)
+    found = labels_csv_datalists(str(root), split_file=str(split_file), strict=False)
+    assert found["problems"] == [
+        f"{trained['source']}: in test now but in train in {split_file}, the split saved when training began"
+    ]
+    with open(root / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
     with open(root / "labels.csv", "a", newline="") as f:
         csv.writer(f).writerows(
             [(rows[1][0], "0", "", ""), (rows[2][0].replace("images", "x"), "7", "", ""), ("b.png", "0", "later", "")]

@@ -321,7 +321,7 @@ JSON_KEYS = {"training": "train", "validation": "validation", "test": "test"}  #
 
 def _class_order(names) -> list[str]:
     """Distinct names sorted; all-integer names (grades 0, 1, ..., 10) by value, so that index i is grade i."""
-    names = sorted({str(n) for n in names})
+    names = sorted({str(n).strip() for n in names} - {""})  # an empty label is a problem, not a class
     if names and all(n.lstrip("-").isdigit() for n in names):
         return sorted(names, key=int)
     return names
@@ -454,10 +454,11 @@ def _assign(
                         missing.append(entry["image"])
                     continue
                 item, declared = found
-                if declared in ("validation", "test") and declared != split:  # training may be carved from
+                # held-out images must stay held out; a layout's training images may have been carved into others
+                if declared in ("validation", "test") and declared != split:
                     problems.append(
-                        f"{item.get('source') or item['image']}: in {declared} now but in {split} in {split_file}, the "
-                        "split saved when training began"
+                        f"{item.get('source') or item['image']}: in {declared} now but in {split} in {split_file}, "
+                        "the split saved when training began"
                     )
                 out[split].append(item)
         if missing:
@@ -518,7 +519,9 @@ def class_folder_datalists(
         ``{"train", "validation", "test"}`` lists of ``{"image", "label", "id"}``; ``id``: the path relative
         to ``dataset_dir`` without extension, as :func:`folder_datalist` (inference) names the image.
     """
-    exclude = list(exclude or ())
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude or ())
+    if not os.path.isdir(dataset_dir):
+        raise FileNotFoundError(f"{dataset_dir} is not a folder: set --dataset_dir to your dataset's folder")
     if class_names is None:
         class_names = layout_class_names("folders", dataset_dir, exclude=exclude, split_file=split_file)
     index = {str(n): i for i, n in enumerate(class_names)}
@@ -536,6 +539,8 @@ def class_folder_datalists(
             split, root, parts = SPLIT_NAMES[parts[0].lower()], os.path.join(dataset_dir, parts[0]), parts[1:]
         elif splits and len(parts) > 1:
             continue  # in a folder beside the split folders: reported once, with that folder
+        if len(parts) > 1 and parts[0].startswith("."):
+            continue  # hidden folders (.git, .ipynb_checkpoints) are not classes
         if len(parts) < 2:
             loose.append(item["image"])
         elif parts[0] not in index:
