@@ -273,3 +273,25 @@ def test_a_folder_of_grayscale_pngs_validates_trains_and_evaluates_with_one_comm
         classified = {row["id"]: row for row in csv.DictReader(f)}
     for image_id, row in tested.items():
         assert classified[image_id]["prob_benign"] == row["prob_benign"], image_id
+
+
+def test_every_layout_overlay_gives_the_same_dataset_the_same_ids_and_classes(tmp_path):
+    """One folder of grayscale PNGs read through each overlay, as `run validate_data` builds the datalists."""
+    root = tmp_path / "data"
+    breast_pngs(root, per_class=5)
+    images = sorted(p.relative_to(root).as_posix() for p in root.rglob("case*.png") if "_mask" not in p.name)
+    with open(root / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("image", "label"), *((i, i.split("/")[0]) for i in images)])
+    training = [{"image": i, "label": i.split("/")[0]} for i in images]
+    (root / "datalist.json").write_text(json.dumps({"training": training}))
+    found = {}
+    for layout in ("folders", "csv", "datalist_json"):
+        parser = ConfigParser()
+        parser.read_config(bundle_configs("train", f"data/{layout}", "small"))
+        parser.update({"bundle_root": str(BUNDLE), "dataset_dir": str(root), "model_dir": str(tmp_path / "models")})
+        parser["exclude"] = ["*_mask.png"]
+        assert parser.get_parsed_content("class_names") == ["benign", "malignant"]
+        lists = parser.get_parsed_content("datalists")  # checked: every file decoded
+        found[layout] = {s: sorted(ids(lists[s])) for s in SPLITS}
+    assert found["folders"] == found["csv"] == found["datalist_json"]  # the same carving of the same images
+    assert sum(len(v) for v in found["csv"].values()) == 10 and all(found["csv"].values())
