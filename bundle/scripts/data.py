@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import fnmatch
 import itertools
 import json
 import logging
@@ -18,6 +19,11 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 __all__ = [
     "csv_datalists",
+    "class_folder_datalists",
+    "labels_csv_datalists",
+    "datalist_json_datalists",
+    "layout_class_names",
+    "save_split",
     "medmnist_datalists",
     "folder_datalist",
     "read_datalist",
@@ -215,6 +221,10 @@ def _image_id(relative_path: str) -> str:
     return os.path.splitext(name)[0]
 
 
+def _relative(path: str, root: str) -> str:
+    return os.path.relpath(path, root).replace(os.sep, "/")
+
+
 def _check_unique(items: list[dict], source: str) -> None:
     seen: dict[str, str] = {}
     clashes = []
@@ -227,13 +237,22 @@ def _check_unique(items: list[dict], source: str) -> None:
         raise ValueError(f"{source}: image ids must be unique (they seed the sampling noise):\n  {shown}")
 
 
-def folder_datalist(folder: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list[dict]:
+def _excluded(relative_path: str, patterns: Sequence[str]) -> bool:
+    """Whether a '/'-separated path, or its last part, matches one of the glob ``patterns``."""
+    name = relative_path.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatchcase(relative_path, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def folder_datalist(
+    folder: str, extensions: Sequence[str] = IMAGE_EXTENSIONS, exclude: Sequence[str] = ()
+) -> list[dict]:
     """Every image file under ``folder`` (recursively, sorted), as ``{"image": path, "id": identifier}``.
 
     The identifier is the path relative to ``folder`` without its extension (``ISIC_0024306`` for
     ``ISIC_0024306.jpg``), which is how the training datalists name images, so the sampling noise, seeded
     by identifier, is the same for an image in evaluation and in inference. Symlinked subfolders are
-    followed; one that leads back to a folder already listed (a loop) is skipped with a warning.
+    followed; one that leads back to a folder already listed (a loop) is skipped with a warning. Files and
+    folders whose path relative to ``folder``, or name, matches a glob of ``exclude`` are left out.
     """
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{folder} is not a folder: set dataset_dir to the folder of images to classify")
@@ -241,6 +260,8 @@ def folder_datalist(folder: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -
     for root, dirs, files in os.walk(folder, followlinks=True):
         kept = []
         for name in sorted(dirs, key=lambda d: (os.path.islink(os.path.join(root, d)), d)):  # real folders first
+            if _excluded(_relative(os.path.join(root, name), folder), exclude):
+                continue
             target = os.path.realpath(os.path.join(root, name))
             if target in visited:
                 logger.warning(
@@ -251,8 +272,8 @@ def folder_datalist(folder: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -
             kept.append(name)
         dirs[:] = sorted(kept)
         for name in sorted(files):
-            if name.lower().endswith(tuple(extensions)):
-                path = os.path.join(root, name)
+            path = os.path.join(root, name)
+            if name.lower().endswith(tuple(extensions)) and not _excluded(_relative(path, folder), exclude):
                 items.append({"image": path, "id": _image_id(os.path.relpath(path, folder))})
     if not items:
         raise ValueError(f"no image files ({', '.join(extensions)}) under {folder}")
@@ -290,6 +311,408 @@ def read_datalist(path: str) -> list[dict]:
         raise ValueError(f"{path} lists no images")
     _check_unique(items, path)
     return items
+
+
+# ---------------------------------------------------------------- a user's own dataset, in one of three layouts
+# Layout names of the splits (folders, CSV `split` column); anything else is a problem
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "validation", "validation": "validation", "test": "test"}
+JSON_KEYS = {"training": "train", "validation": "validation", "test": "test"}  # load_decathlon_datalist's keys
+
+
+def _class_order(names) -> list[str]:
+    """Distinct names sorted; all-integer names (grades 0, 1, ..., 10) by value, so that index i is grade i."""
+    names = sorted({str(n).strip() for n in names} - {""})  # an empty label is a problem, not a class
+    if names and all(n.lstrip("-").isdigit() for n in names):
+        return sorted(names, key=int)
+    return names
+
+
+def _read_split_file(split_file: str | None) -> dict | None:
+    if not split_file or not os.path.isfile(split_file):
+        return None
+    with open(split_file) as f:
+        saved = json.load(f)
+    if not isinstance(saved, dict) or "class_names" not in saved:
+        raise ValueError(f"{split_file} is not a split saved by this bundle (no 'class_names'); delete it or move it")
+    return saved
+
+
+def _top_folders(folder: str, exclude: Sequence[str], below: str = "") -> list[str]:
+    """The sub-folders of ``folder`` (not hidden, not excluded), sorted."""
+    return sorted(
+        e.name
+        for e in os.scandir(folder)
+        if e.is_dir() and not e.name.startswith(".") and not _excluded(f"{below}{e.name}", exclude)
+    )
+
+
+def _split_folders(dataset_dir: str, exclude: Sequence[str]) -> list[str]:
+    return [d for d in _top_folders(dataset_dir, exclude) if d.lower() in SPLIT_NAMES]
+
+
+def _folder_classes(dataset_dir: str, exclude: Sequence[str]) -> list[str]:
+    if not os.path.isdir(dataset_dir):
+        raise FileNotFoundError(f"{dataset_dir} is not a folder: set --dataset_dir to your dataset's folder")
+    splits = _split_folders(dataset_dir, exclude)
+    if not splits:
+        return _class_order(_top_folders(dataset_dir, exclude))
+    return _class_order(c for s in splits for c in _top_folders(os.path.join(dataset_dir, s), exclude, f"{s}/"))
+
+
+def _csv_rows(path: str) -> list[dict]:
+    return _read_csv(path, ["image", "label"])
+
+
+def _json_lists(path: str) -> dict[str, tuple[list, list]]:
+    """``{split: (raw items, items with MONAI's image paths)}`` of a datalist JSON's non-empty lists."""
+    from monai.data import load_decathlon_datalist
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: check dataset_dir and datalist_json")
+    with open(path) as f:
+        raw = json.load(f)
+    if not isinstance(raw, dict) or not any(raw.get(k) for k in JSON_KEYS):
+        raise ValueError(f"{path}: expected an object with a 'training' (and optional 'validation', 'test') list")
+    out = {}
+    for key, split in JSON_KEYS.items():
+        if raw.get(key):  # an empty list is a missing split (load_decathlon_datalist cannot read an empty 'test')
+            # labels are taken from the raw items: MONAI turns a label that names an existing path into that path
+            loaded = load_decathlon_datalist(path, is_segmentation=False, data_list_key=key)
+            rows = raw[key] if isinstance(raw[key][0], dict) else [{"image": i} for i in raw[key]]
+            out[split] = (rows, loaded)
+    return out
+
+
+def layout_class_names(
+    layout: str,
+    dataset_dir: str,
+    file: str | None = None,
+    exclude: Sequence[str] = (),
+    split_file: str | None = None,
+) -> list[str]:
+    """The class names of a dataset in a file layout, in index order: those of the split saved in
+    ``split_file`` when there is one (the trained model's order); else the class folders' names
+    (``folders``), or the distinct labels (``csv``, ``datalist_json``), sorted (integers by value).
+
+    Args:
+        layout: ``folders``, ``csv`` or ``datalist_json``.
+        dataset_dir: the dataset's root folder.
+        file: the CSV or JSON file, relative to ``dataset_dir``.
+        exclude: glob patterns of folders left out (``folders``).
+        split_file: the split saved when training began (``model_dir/datalists.json``).
+    """
+    saved = _read_split_file(split_file)
+    if saved is not None:
+        return [str(n) for n in saved["class_names"]]
+    if layout == "folders":
+        return _folder_classes(dataset_dir, exclude)
+    if layout == "csv":
+        return _class_order(row["label"] for row in _csv_rows(os.path.join(dataset_dir, file or "labels.csv")))
+    if layout == "datalist_json":
+        lists = _json_lists(os.path.join(dataset_dir, file or "datalist.json"))
+        return _class_order(r["label"] for rows, _ in lists.values() for r in rows if r.get("label") is not None)
+    raise ValueError(f"layout must be 'folders', 'csv' or 'datalist_json', got {layout!r}")
+
+
+def _assign(
+    records: list[tuple[dict, str | None, str | None]],
+    problems: list[str],
+    dataset_dir: str,
+    class_names: Sequence[str],
+    val_fraction: float,
+    seed: int,
+    test_fraction: float,
+    split_seed: int,
+    split_file: str | None,
+    strict: bool,
+    left_out: set[str] = frozenset(),
+) -> dict[str, list]:
+    """Train/validation/test datalists of labelled ``(item, split or None, group or None)`` records: the
+    split saved in ``split_file`` if there is one, else the layout's splits, the missing ones carved
+    (test from everything not in a split, then validation from training; stratified, grouped).
+
+    ``left_out``: ids already reported as problems (not reported again as missing from the saved split).
+    """
+    ids = [item["id"] for item, _, _ in records]
+    clashes = [i for i, n in Counter(ids).items() if n > 1]
+    problems += [f"{dataset_dir}: several images have the id {i!r} (e.g. a.png and a.jpg)" for i in clashes]
+    saved = _read_split_file(split_file)
+    out: dict[str, list] = {"train": [], "validation": [], "test": []}
+    if saved is not None:
+        if [str(n) for n in saved["class_names"]] != list(class_names):
+            problems.append(
+                f"class_names {list(class_names)} differ from {saved['class_names']}, those of the split saved in "
+                f"{split_file} when training began (the model's output order): leave --class_names out"
+            )
+        by_id = {item["id"]: (item, split) for item, split, _ in records}
+        missing = []
+        for key, split in JSON_KEYS.items():
+            for entry in saved.get(key, []):
+                found = by_id.pop(entry["id"], None)
+                if found is None:
+                    if entry["id"] not in left_out:
+                        missing.append(entry["image"])
+                    continue
+                item, declared = found
+                # held-out images must stay held out; a layout's training images may have been carved into others
+                if declared in ("validation", "test") and declared != split:
+                    problems.append(
+                        f"{item.get('source') or item['image']}: in {declared} now but in {split} in {split_file}, "
+                        "the split saved when training began"
+                    )
+                out[split].append(item)
+        if missing:
+            problems.append(
+                f"{split_file}: {len(missing)} image(s) of the split saved when training began are not in "
+                f"{dataset_dir} any more (e.g. {', '.join(missing[:3])}): restore them, or train anew with "
+                f"another --model_dir (or delete {split_file}) to carve a new split"
+            )
+        if by_id:
+            logger.warning(
+                f"{len(by_id)} image(s) of {dataset_dir} are not in the split saved in {split_file} (added after "
+                f"training began?) and are left out, e.g. {', '.join(sorted(by_id)[:3])}"
+            )
+    else:
+        for item, split, _ in records:
+            if split in out:
+                out[split].append(item)
+        group_of = {item["id"]: group or item["id"] for item, _, group in records}
+        pool = [item for item, split, _ in records if split not in ("validation", "test")]
+        if not out["test"]:
+            pool, out["test"] = _carve(pool, [group_of[i["id"]] for i in pool], test_fraction, split_seed)
+        if not out["validation"]:
+            pool, out["validation"] = _carve(pool, [group_of[i["id"]] for i in pool], val_fraction, seed)
+        out["train"] = pool
+    if problems and strict:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise ValueError(f"{len(problems)} problem(s) in the dataset at {dataset_dir}:\n  {shown}{more}")
+    return {**out, "problems": problems} if problems else out
+
+
+def class_folder_datalists(
+    dataset_dir: str,
+    class_names: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+    split_file: str | None = None,
+    strict: bool = True,
+) -> dict[str, list]:
+    """Datalists of images in class folders: ``dataset_dir/<class>/**`` or ``dataset_dir/<split>/<class>/**``
+    (split: ``train``, ``val`` or ``validation``, ``test``); missing splits are carved as in :func:`_assign`.
+
+    Args:
+        dataset_dir: the dataset's root folder.
+        class_names: the classes in index order (each a folder name); None: the folders' names, sorted.
+        exclude: glob patterns of files or folders to leave out (e.g. ``["*_mask.png"]``), matched against the
+            path relative to ``dataset_dir`` and against the name.
+        val_fraction, seed: the validation share carved from training, and its seed.
+        test_fraction, split_seed: the test share carved where there is no test folder, and its seed.
+        split_file: a split saved when training began (:func:`save_split`): used instead of carving.
+        strict: raise on problems (a folder that is not a class, an image outside a class folder); with
+            False they are returned under ``"problems"`` for :func:`scripts.validation.validate_datalists`.
+
+    Returns:
+        ``{"train", "validation", "test"}`` lists of ``{"image", "label", "id"}``; ``id``: the path relative
+        to ``dataset_dir`` without extension, as :func:`folder_datalist` (inference) names the image.
+    """
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude or ())
+    if not os.path.isdir(dataset_dir):
+        raise FileNotFoundError(f"{dataset_dir} is not a folder: set --dataset_dir to your dataset's folder")
+    if class_names is None:
+        class_names = layout_class_names("folders", dataset_dir, exclude=exclude, split_file=split_file)
+    index = {str(n): i for i, n in enumerate(class_names)}
+    splits = _split_folders(dataset_dir, exclude)
+    problems = [
+        f"{os.path.join(dataset_dir, d)}: a folder beside the split folders {splits}: put class folders in "
+        "train/, val/ or test/ (or use no split folders)"
+        for d in _top_folders(dataset_dir, exclude)
+        if splits and d not in splits
+    ]
+    records, unknown, loose = [], Counter(), []
+    for item in folder_datalist(dataset_dir, exclude=exclude):
+        parts, split, root = item["id"].split("/"), None, dataset_dir
+        if splits and parts[0] in splits:
+            split, root, parts = SPLIT_NAMES[parts[0].lower()], os.path.join(dataset_dir, parts[0]), parts[1:]
+        elif splits and len(parts) > 1:
+            continue  # in a folder beside the split folders: reported once, with that folder
+        if len(parts) > 1 and parts[0].startswith("."):
+            continue  # hidden folders (.git, .ipynb_checkpoints) are not classes
+        if len(parts) < 2:
+            loose.append(item["image"])
+        elif parts[0] not in index:
+            unknown[os.path.join(root, parts[0])] += 1
+        else:
+            records.append(({**item, "label": index[parts[0]]}, split, None))
+    problems += [
+        f"{folder}: class folder {os.path.basename(folder)!r} ({n} image(s)) is not one of class_names {list(index)}"
+        for folder, n in sorted(unknown.items())
+    ]
+    problems += [f"{path}: not in a class folder (<class>/... or <split>/<class>/...)" for path in loose]
+    return _assign(
+        records, problems, dataset_dir, list(index), val_fraction, seed, test_fraction, split_seed, split_file, strict
+    )
+
+
+def _labelled(label, index: dict, where: str, problems: list[str]) -> int | None:
+    """The class index of a CSV or JSON label (a class name; integers are names too), or None and a problem."""
+    name = "" if label is None else str(label).strip()
+    if name in index:
+        return index[name]
+    problems.append(f"{where}: unknown label {name!r} (expected one of {list(index)})")
+    return None
+
+
+def labels_csv_datalists(
+    dataset_dir: str,
+    class_names: Sequence[str] | None = None,
+    labels_csv: str = "labels.csv",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+    split_file: str | None = None,
+    strict: bool = True,
+) -> dict[str, list]:
+    """Datalists of a CSV with the columns ``image`` (a path relative to the CSV), ``label`` (a class name;
+    ``0``, ``1``, ... are names too), optional ``split`` (train, val or validation, test; empty: carved) and
+    optional ``group`` (images of one group stay on one side of a carved split, e.g. a patient).
+
+    Args are those of :func:`class_folder_datalists`, with ``labels_csv``: the CSV file, relative to
+    ``dataset_dir``. Problems name the CSV row (unknown label or split, an image listed twice).
+
+    Returns:
+        ``{"train", "validation", "test"}`` lists of ``{"image", "label", "id", "source"}``; ``id``: the image's
+        path relative to ``dataset_dir`` without extension, as :func:`folder_datalist` names it.
+    """
+    path = os.path.join(dataset_dir, labels_csv)
+    rows = _csv_rows(path)
+    if class_names is None:
+        class_names = layout_class_names("csv", dataset_dir, labels_csv, split_file=split_file)
+    index = {str(n): i for i, n in enumerate(class_names)}
+    base = os.path.dirname(os.path.abspath(path))
+    records, problems, first, left_out = [], [], {}, set()
+    for line, row in enumerate(rows, start=2):
+        where = f"{path} row {line}"
+        if not (row.get("image") or "").strip():
+            problems.append(f"{where}: no image")
+            continue
+        image = os.path.normpath(os.path.join(base, row["image"].strip()))
+        item = {"image": image, "id": _image_id(_relative(image, dataset_dir)), "source": where}
+        if item["id"] in first:
+            problems.append(f"{where}: {row['image']!r} is listed again (first on row {first[item['id']]})")
+            continue
+        first[item["id"]] = line
+        split = (row.get("split") or "").strip().lower() or None
+        if split is not None and split not in SPLIT_NAMES:
+            problems.append(f"{where}: split {row['split']!r} is not train, val, validation or test (or empty)")
+            left_out.add(item["id"])
+            continue
+        label = _labelled(row["label"], index, where, problems)
+        if label is None:
+            left_out.add(item["id"])
+            continue
+        group = (row.get("group") or "").strip() or None
+        records.append(({**item, "label": label}, SPLIT_NAMES.get(split), group))
+    return _assign(
+        records,
+        problems,
+        dataset_dir,
+        list(index),
+        val_fraction,
+        seed,
+        test_fraction,
+        split_seed,
+        split_file,
+        strict,
+        left_out,
+    )
+
+
+def datalist_json_datalists(
+    dataset_dir: str,
+    class_names: Sequence[str] | None = None,
+    datalist_json: str = "datalist.json",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+    split_file: str | None = None,
+    strict: bool = True,
+) -> dict[str, list]:
+    """Datalists of a MONAI datalist JSON (as :func:`monai.data.load_decathlon_datalist` reads it): lists
+    ``training``, optional ``validation`` and ``test`` of ``{"image": path, "label": class name}``, paths
+    relative to the JSON's folder; an optional ``group`` key keeps a group on one side of a carved split.
+
+    Args are those of :func:`labels_csv_datalists`, with ``datalist_json`` instead of ``labels_csv``.
+    """
+    path = os.path.join(dataset_dir, datalist_json)
+    lists = _json_lists(path)
+    if class_names is None:
+        class_names = layout_class_names("datalist_json", dataset_dir, datalist_json, split_file=split_file)
+    index = {str(n): i for i, n in enumerate(class_names)}
+    key_of = {split: key for key, split in JSON_KEYS.items()}
+    records, problems, left_out = [], [], set()
+    for split, (rows, loaded) in lists.items():
+        for i, (row, entry) in enumerate(zip(rows, loaded, strict=True)):
+            where = f"{path} {key_of[split]}[{i}]"
+            if not isinstance(entry.get("image"), str):
+                problems.append(f"{where}: 'image' must be one file path, got {entry.get('image')!r}")
+                continue
+            image = os.path.normpath(entry["image"])
+            item = {"image": image, "id": _image_id(_relative(image, dataset_dir)), "source": where}
+            label = _labelled(row.get("label"), index, where, problems)
+            if label is None:
+                left_out.add(item["id"])
+                continue
+            group = row.get("group")
+            records.append(({**item, "label": label}, split, None if group is None else str(group)))
+    return _assign(
+        records,
+        problems,
+        dataset_dir,
+        list(index),
+        val_fraction,
+        seed,
+        test_fraction,
+        split_seed,
+        split_file,
+        strict,
+        left_out,
+    )
+
+
+def save_split(
+    datalists: dict[str, list], split_file: str | None, dataset_dir: str, class_names: Sequence[str]
+) -> str | None:
+    """Writes the train/validation/test split of a file layout to ``split_file`` once, when training begins
+    (after ``model_dir`` is locked); the layouts read it back instead of carving again, so that a resumed
+    run validates, and evaluation tests, on the images this training held out, even if files are added.
+
+    The file is a datalist JSON (``training``, ``validation``, ``test`` lists of ``{"image", "label", "id"}``,
+    images relative to ``dataset_dir``, labels as class names) with ``class_names`` in the model's order.
+    Nothing is written when ``split_file`` is None, when it exists already, or outside the main process.
+
+    Returns:
+        ``split_file`` if it was written, else None.
+    """
+    from .distributed import is_main_process
+    from .handlers import write_atomic
+
+    if not split_file or os.path.isfile(split_file) or not is_main_process():
+        return None
+    content = {"dataset_dir": os.path.abspath(dataset_dir), "class_names": list(class_names)}
+    for key, split in JSON_KEYS.items():
+        content[key] = [
+            {"image": _relative(it["image"], dataset_dir), "label": class_names[it["label"]], "id": it["id"]}
+            for it in datalists.get(split, [])
+        ]
+    write_atomic(split_file, json.dumps(content, indent=1) + "\n")
+    logger.info(f"split saved to {split_file}: evaluation and --resume read it")
+    return split_file
 
 
 def class_weights(items: Sequence[dict], num_classes: int) -> torch.Tensor:

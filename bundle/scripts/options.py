@@ -61,9 +61,9 @@ class Option:
         if converted is _INVALID:
             expected = {"bool": "true or false", "device": "cpu, cuda or cuda:N"}.get(self.kind, f"a {self.kind}")
             return value, f"{name}: {value!r} is not {expected}" + (" (or null)" if self.nullable else "")
-        if self.kind == "names":
-            unknown = [n for n in converted if n not in self.choices]
-            if unknown or not converted:
+        if self.kind == "names":  # without choices: any names, e.g. class names or glob patterns
+            unknown = [n for n in converted if self.choices and n not in self.choices]
+            if unknown or self.choices and not converted:
                 return value, f"{name}: {value!r} must list some of {list(self.choices)}"
             return converted, None
         if self.choices and converted not in self.choices:
@@ -132,9 +132,10 @@ def _to_str(value: Any) -> Any:
 
 
 def _to_names(value: Any) -> Any:
-    """A list of names from a list, or from the command line's ``fused``, ``global,fused`` or ``[global, fused]``."""
-    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        return list(value)
+    """A list of names from a list, or from the command line's ``fused``, ``global,fused`` or ``[global, fused]``
+    (Fire hands the first as a string, the second as a tuple, the last as a list); numbers are names too."""
+    if isinstance(value, list | tuple) and all(isinstance(v, str | int) and not isinstance(v, bool) for v in value):
+        return [str(v) for v in value]
     if isinstance(value, str):
         return [n.strip().strip("'\"") for n in value.strip().strip("[]").split(",") if n.strip()]
     return _INVALID
@@ -227,6 +228,13 @@ OPTIONS: dict[str, Option] = {
     "tsne_panels": Option("int", low=2),
     "tsne_max_images": Option("int", low=2),
     "datalist": PATH,
+    "class_names": Option("names"),
+    "test_fraction": Option("float", low=0.0, high=1.0, open_low=True),
+    "split_seed": COUNT,
+    "exclude": Option("names"),
+    "labels_csv": Option("str"),
+    "datalist_json": Option("str"),
+    "split_file": PATH,
     "ckpt_path": Option("str"),
 }
 
@@ -352,7 +360,10 @@ def _relations(parser, config: dict, run_id: str | None) -> list[str]:
             return None
 
     if "class_names" in config and "num_classes" in config:
-        names, count = list(value("class_names") or []), value("num_classes")
+        given = value("class_names")
+        names, count = list(given or []), value("num_classes") if given is not None else None
+        if given is not None and (len(set(names)) < 2 or len(set(names)) != len(names)):
+            problems.append(f"class_names: {names} must name at least 2 classes, each once")
         if isinstance(count, int) and count != len(names):
             problems.append(
                 f"num_classes: {count} does not match the {len(names)} class_names {names}; set class_names "
