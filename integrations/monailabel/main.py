@@ -11,6 +11,7 @@ import logging
 import os
 
 import monailabel
+from fastapi import HTTPException
 from lib.infers import DiffMICClassification
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
@@ -56,3 +57,27 @@ class DiffMICApp(MONAILabelApp):
             )
         logger.info(f"+++ Adding Inferer:: {MODEL_NAME} => {task.labels}")
         return {MODEL_NAME: task}
+
+    def infer(self, request: dict, datastore=None) -> dict:
+        """MONAI Label's inference, answering what the client got wrong with a 4xx and a reason instead of a 500:
+        an unknown model or image (404), a ``model_filename`` that is not one of the offered weights (400)."""
+        model = request.get("model")
+        task = self._infers.get(model)
+        if task is None:
+            raise HTTPException(404, f"no model {model!r}: this app serves {sorted(self._infers)}")
+        image = request.get("image")
+        if isinstance(image, str) and not os.path.exists(image):
+            store = datastore or self.datastore()
+            try:
+                found = os.path.isfile(store.get_image_uri(image) or "")
+            except Exception:  # the datastore's own lookup error: an unknown id all the same
+                found = False
+            if not found:
+                raise HTTPException(
+                    404, f"no image {image!r} in the datastore: an image's id is its file name without the extension"
+                )
+        offered = task.config().get("model_filename") or []
+        chosen = request.get("model_filename")
+        if isinstance(chosen, str) and chosen not in offered:
+            raise HTTPException(400, f"model_filename {chosen!r} is not one of the loadable weights {offered}")
+        return super().infer(request, datastore)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +19,8 @@ from monailabel.tasks.infer.bundle import BundleInferTask
 __all__ = ["DiffMICClassification", "image_id"]
 
 logger = logging.getLogger(__name__)
+
+TRAINING_STATE = re.compile(r"^latest_checkpoint_epoch=\d+\.pt$")  # scripts.checkpoint.LATEST
 
 
 def image_id(path: str) -> str:
@@ -69,6 +72,10 @@ class DiffMICClassification(BundleInferTask):
         )
         if self.valid:
             self.labels = {name: i for i, name in enumerate(self.bundle_config.get_parsed_content("class_names"))}
+            # the base offers every models/*.pt; training's latest_checkpoint_epoch=N.pt hold its whole state, not
+            # a network's weights, and fail to load: only the flat state dicts are offered
+            offered = [name for name in self._config["model_filename"] if not TRAINING_STATE.match(name)]
+            self._config["model_filename"] = offered
 
     def _load_bundle_config(self, path: str, config: str) -> ConfigParser:
         """``inference.yaml``, then the overlays, then ``bundle_root`` and the overrides."""
