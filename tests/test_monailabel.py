@@ -6,8 +6,13 @@ suite skips it.
 """
 
 import json
+import os
 import shutil
+import socket
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +28,7 @@ pytest.importorskip(
     reason="MONAI Label is not installed: CI runs this test in its own environment "
     "(pip install -r integrations/monailabel/requirements.txt)",
 )
+requests = pytest.importorskip("requests")  # MONAI Label's own dependency: the HTTP client of the server test
 
 APP = REPO / "integrations" / "monailabel"
 OVERLAYS = ["configs/data/breastmnist.yaml", "configs/small.yaml"]  # those the session's bundle was trained with
@@ -116,3 +122,69 @@ def test_app_serves_the_bundle_on_a_datastore_image(served, monkeypatch):
     response = app.infer({"model": "diffmic", "image": image_id, "device": "cpu"})
     assert response["file"] is None
     check_result(response["params"], served["expected"][image_id])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_real_server_answers_over_http_and_says_what_a_client_got_wrong(served, trained_bundle, tmp_path):
+    """`monailabel start_server` as the README starts it; /infer over HTTP gives the bundle's probabilities; an
+    unknown model or image is a 404, weights that are not offered a 400, and a training state is not offered."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(served["bundle"], bundle)
+    shutil.copyfile(  # what training leaves beside model.pt: a whole training state, not loadable weights
+        next((trained_bundle["dir"] / "models").glob("latest_checkpoint_epoch=*.pt")),
+        bundle / "models" / "latest_checkpoint_epoch=3.pt",
+    )
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "monailabel"), "start_server", "--app", str(APP)]
+    command += ["--studies", str(served["studies"]), "--port", str(port), "--conf", "bundle_path", str(bundle)]
+    command += [
+        "--conf",
+        "overlays",
+        ",".join(OVERLAYS),
+        "--conf",
+        "overrides",
+        json.dumps(NETWORK, separators=(",", ":")),
+    ]
+    command += ["--conf", "preload", "true"]
+    log = open(tmp_path / "server.log", "w")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # as activated
+    server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                info = requests.get(f"{base}/info/", timeout=5)
+                if info.status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        assert info.json()["models"]["diffmic"]["config"]["model_filename"] == ["model.pt"]
+
+        image_id = served["image"].stem
+        answer = requests.post(f"{base}/infer/diffmic", params={"image": image_id, "output": "json"}, timeout=120)
+        assert answer.status_code == 200, answer.text
+        check_result(answer.json(), served["expected"][image_id])
+
+        answer = requests.post(f"{base}/infer/nomodel", params={"image": image_id, "output": "json"}, timeout=60)
+        assert answer.status_code == 404 and "this app serves ['diffmic']" in answer.json()["detail"]
+        answer = requests.post(f"{base}/infer/diffmic", params={"image": "no_such", "output": "json"}, timeout=60)
+        assert answer.status_code == 404 and "no image 'no_such' in the datastore" in answer.json()["detail"]
+        params = {"model_filename": "latest_checkpoint_epoch=3.pt"}
+        answer = requests.post(
+            f"{base}/infer/diffmic",
+            params={"image": image_id, "output": "json"},
+            data={"params": json.dumps(params)},
+            timeout=60,
+        )
+        assert answer.status_code == 400 and "not one of the loadable weights ['model.pt']" in answer.json()["detail"]
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
