@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
-from monai.data import PILReader
+from monai.data import MetaTensor, PILReader
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Resized
 from PIL import Image
 
@@ -122,3 +122,22 @@ def test_small_recipe_keeps_inputs_in_minus_one_to_one():
     path = ham_images(1)[0]
     image = parser.get_parsed_content("validate#preprocessing")({"image": str(path)})["image"]
     assert image.shape == (3, 28, 28) and float(image.min()) >= -1 and float(image.max()) <= 1
+
+
+def test_in_place_bit_depth_scaling_gives_the_same_values_and_leaves_the_input():
+    """ScaleBitDepthd's one-copy, in-place arithmetic equals the out-of-place (x / full).clamp(0, 1) * 2 - 1."""
+    rng = np.random.default_rng(0)
+    arrays = [
+        (rng.integers(0, 256, (3, 50, 60), dtype=np.uint8), 255.0),
+        (rng.integers(0, 65536, (1, 50, 60), dtype=np.uint16), 65535.0),
+        (rng.integers(0, 65536, (1, 5, 6)).astype(np.int32), 65535.0),
+        (rng.uniform(0, 255, (3, 5, 6)), 255.0),
+    ]
+    for array, full in arrays:
+        before = array.copy()
+        for image in (array, torch.from_numpy(array), MetaTensor(torch.from_numpy(array))):
+            out = T.ScaleBitDepthd("image")({"image": image})["image"]
+            expected = (torch.as_tensor(array).float() / full).clamp(0, 1) * 2 - 1
+            assert torch.equal(torch.as_tensor(out), expected) and out.dtype == torch.float32
+            assert isinstance(out, MetaTensor) == isinstance(image, MetaTensor)
+        assert (array == before).all()
