@@ -122,6 +122,7 @@ def test_offline_error_names_url_path_hash_and_how_to_place_the_file(tmp_path):
     for part in (url, expected_path, sha256, f"curl -L -o resnet50-0676ba61.pth {url}", "--dcg_pretrained null"):
         assert part in message, part
     assert not os.listdir(tmp_path / "cache") if (tmp_path / "cache").exists() else True
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__  # printed last by the error summary
 
 
 def test_the_table_holds_torchvisions_urls_with_hashes_matching_their_file_names():

@@ -166,18 +166,18 @@ def fetch_imagenet_weights(url: str, sha256: str, cache_dir: str) -> str:
     existed = os.path.isfile(path)
     try:
         download_url(url, path, hash_val=sha256, hash_type="sha256", progress=False)
-    except HashCheckError as e:
+    except HashCheckError:
         what = f"the existing file {path} has" if existed else f"the file downloaded from {url} has"
         raise RuntimeError(
             f"ImageNet weights: {what} the wrong SHA-256 (expected {sha256})"
             + (": delete or replace it. " if existed else "; nothing was kept. ")
             + by_hand
-        ) from e
+        ) from None  # the message says it all, and the bundle's error summary prints the last cause
     except Exception as e:  # noqa: BLE001 - offline, refused, unwritable: re-raised with what to do
         raise RuntimeError(
             f"ImageNet weights: cannot download {url} to {path} (expected SHA-256 {sha256}): "
             f"{type(e).__name__}: {e}. {by_hand}"
-        ) from e
+        ) from None
     if not os.path.isfile(path):  # download_url swallows PermissionError (a Windows workaround)
         raise RuntimeError(f"ImageNet weights: {url} could not be written to {path}. {by_hand}")
     return path
