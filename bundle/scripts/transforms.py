@@ -142,7 +142,7 @@ class AntialiasResized(MapTransform):
     """Resizes channel-first 2D images with torch's antialiased bilinear interpolation.
 
     The same result as MONAI's ``Resized(mode="bilinear", anti_aliasing=True)`` within a small tolerance
-    (``tests/test_preprocessing.py``), about 50 times faster on full-size images: MONAI smooths with a
+    (``tests/test_preprocessing.py``), about 40 times faster on full-size images: MONAI smooths with a
     Gaussian before interpolating, which costs seconds on a 3000x2000 photograph; torch folds the
     antialiasing into the interpolation. Upsampling is plain bilinear in both. The output is float32.
 
