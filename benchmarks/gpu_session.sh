@@ -7,6 +7,8 @@
 # packed into $OUT/results.tar.gz. From the repository root:
 #   OUT=/tmp/gpu DIFFMIC_DATA_DIR=/path/to/data bash benchmarks/gpu_session.sh
 # SMALL_ARGS, SPEED_ARGS and HAM_ARGS add arguments to each stage (e.g. --tiny for a dry run on a CPU).
+# The GPU machine has no internet: stage 3 trains the DCG from scratch unless HAM_DCG_PRETRAINED=imagenet
+# (with torchvision's resnet50-0676ba61.pth carried into torch.hub's checkpoints folder).
 set -u
 : "${OUT:?set OUT to the results folder}"
 : "${DIFFMIC_DATA_DIR:?set DIFFMIC_DATA_DIR to the data folder}"
@@ -33,5 +35,5 @@ stage small "${SMALL_SECONDS:-200}" "$PYTHON" benchmarks/train_evaluate.py --out
 stage speed "${SPEED_SECONDS:-120}" "$PYTHON" benchmarks/speed.py --out "$WORK/speed.csv" ${SPEED_ARGS:-}
 stage ham "${HAM_TOTAL_SECONDS:-230}" "$PYTHON" benchmarks/train_evaluate.py --out "$WORK/train_evaluate" \
   --recipe paper --datasets ham10000 --samples 1 --no-tsne --train-seconds "${HAM_SECONDS:-150}" \
-  --set cache_rate=1.0 num_workers=8 progress_bar=false ${HAM_ARGS:-}
+  --set cache_rate=1.0 num_workers=8 progress_bar=false "dcg_pretrained=${HAM_DCG_PRETRAINED:-null}" ${HAM_ARGS:-}
 tar czf "$OUT/results.tar.gz" --exclude=models -C "$OUT" work

@@ -166,6 +166,7 @@ def make_parser(
         "variant": variant,
         "bundle_root": str(BUNDLE),
         "device": f"$torch.device('{device}')",
+        "dcg_pretrained": None,  # speed does not depend on the weights: no ImageNet download
     }
     if setting.batch is not None:
         overrides["batch_size"] = setting.batch

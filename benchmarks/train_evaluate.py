@@ -36,6 +36,7 @@ TINY = {
     "encoder_depth": 10,
     "global_depth": 10,
     "local_depth": 10,
+    "dcg_pretrained": None,  # ImageNet weights exist for ResNet-18 and -50, not the tiny depth-10 trunks
     "tsne_max_images": 40,
 }
 KEY = ("dataset", "recipe", "setting", "seed", "variant", "num_samples", "split")  # one evaluation

@@ -25,6 +25,7 @@ TINY = {
     "encoder_depth": 10,
     "global_depth": 10,
     "local_depth": 10,
+    "dcg_pretrained": None,  # no ImageNet weights for depth-10 trunks (train.yaml alone would fetch ResNet-50s)
     "seed": 0,
 }
 

@@ -87,6 +87,24 @@ def test_tiny_run_writes_one_row_per_measurement_and_resumes(tmp_path):
     assert again == rows
 
 
+def test_preprocessing_tiny_run_compares_the_pipelines_and_resumes(tmp_path):
+    preprocessing = load_script("preprocessing")
+    out = tmp_path / "preprocessing.csv"
+    rows = preprocessing.main(["--tiny", "--out", str(out)])
+    assert read_rows(out) == rows and list(rows[0]) == preprocessing.COLUMNS
+    assert sorted((r["format"], r["pipeline"]) for r in rows) == sorted(
+        (f, p) for f in preprocessing.FORMATS for p in preprocessing.PIPELINES
+    )
+    for row in rows:
+        assert (row["width"], row["height"], row["size"], row["threads"]) == ("600", "400", "224", "1")
+        assert all(positive_finite(row[c]) for c in ("seconds_per_image", "images_per_s", "speedup_to_old")), row
+        if row["pipeline"] == "old":
+            assert float(row["speedup_to_old"]) == 1.0 and float(row["max_abs_diff"]) == 0.0
+        else:  # the same images within the tolerance of tests/test_preprocessing.py (sharp synthetic edges: max 0.3)
+            assert 0 < float(row["mean_abs_diff"]) < 0.01 and float(row["max_abs_diff"]) < 0.3, row
+    assert preprocessing.main(["--tiny", "--out", str(out)]) == rows and read_rows(out) == rows  # nothing again
+
+
 def test_train_evaluate_tiny_run_records_each_evaluation_once(tmp_path):
     """benchmarks/train_evaluate.py --tiny on BreastMNIST: one row per sample count, the figures, resumable."""
     require_data("medmnist/breastmnist.npz")

@@ -134,7 +134,7 @@ def test_mixed_channels_and_bit_depths_are_converted(tmp_path):
         image.save(tmp_path / f"{name}.png")
     parser = ConfigParser()
     parser.read_config(bundle_configs("train"))
-    parser.update({"bundle_root": str(BUNDLE), "image_size": 32})
+    parser.update({"bundle_root": str(BUNDLE), "image_size": 32, "input_normalization": None})  # on [-1, 1]
     transform = parser.get_parsed_content("validate#preprocessing")
     out = {name: transform({"image": str(tmp_path / f"{name}.png")})["image"] for name in images}
     for name, image in out.items():

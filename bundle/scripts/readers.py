@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from monai.data import ITKReader
 
-__all__ = ["standard_pil_mode", "ITKCopyReader"]
+__all__ = ["standard_pil_mode", "ITKCopyReader", "ReducedDecode"]
 
 
 def standard_pil_mode(image):
@@ -19,6 +19,30 @@ def standard_pil_mode(image):
     if image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
         return image.convert("RGB")
     return image
+
+
+class ReducedDecode:
+    """A ``PILReader(converter=...)`` that decodes large JPEGs at 1/2, 1/4 or 1/8 scale, then applies
+    :func:`standard_pil_mode`.
+
+    libjpeg scales in the DCT domain while decoding (PIL's ``draft``), several times faster than decoding all
+    pixels of a 3000x2000 photograph; the scale is the smallest that keeps both sides at least ``min_side``,
+    and the antialiased resize to the network's size follows. Other formats, and JPEGs already near
+    ``min_side``, are decoded in full.
+
+    Args:
+        min_side: the shortest side the decoded image may have (None: always decode in full). Twice the
+            network's input size keeps the result within the tolerance of a full decode
+            (``tests/test_preprocessing.py``).
+    """
+
+    def __init__(self, min_side: int | None) -> None:
+        self.min_side = None if min_side is None else int(min_side)
+
+    def __call__(self, image):
+        if self.min_side and image.format == "JPEG":
+            image.draft(image.mode, (self.min_side, self.min_side))  # before PIL reads any pixel
+        return standard_pil_mode(image)
 
 
 class ITKCopyReader(ITKReader):
