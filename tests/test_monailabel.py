@@ -166,6 +166,7 @@ def test_a_real_server_answers_over_http_and_says_what_a_client_got_wrong(served
             assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
             time.sleep(0.5)
         assert info.json()["models"]["diffmic"]["config"]["model_filename"] == ["model.pt"]
+        assert "warm-up inference on a blank image took" in (tmp_path / "server.log").read_text()  # preload true
 
         image_id = served["image"].stem
         answer = requests.post(f"{base}/infer/diffmic", params={"image": image_id, "output": "json"}, timeout=120)

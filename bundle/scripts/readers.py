@@ -31,8 +31,8 @@ class ReducedDecode:
     ``min_side``, are decoded in full.
 
     Args:
-        min_side: the shortest side the decoded image may have (None: always decode in full). Twice the
-            network's input size keeps the result within the tolerance of a full decode
+        min_side: the shortest side the decoded image may have (None: always decode in full). Four times the
+            network's input size (the configs' default) keeps the result within the tolerance of a full decode
             (``tests/test_preprocessing.py``).
     """
 
