@@ -152,9 +152,11 @@ def metrics_row(report: dict) -> dict:
     row = {k: d[k] for k in ("accuracy", "macro_f1", "balanced_accuracy", "auc", "kappa", "ece", "vote_accuracy")}
     row["entropy_error_auroc"] = entropy["error_auroc"]
     row.update({f"accuracy_at_{int(float(c) * 100)}": v for c, v in entropy["accuracy_at_coverage"].items()})
-    row.update({f"prior_{k}": prior["fused"][k] for k in ("accuracy", "macro_f1", "auc", "kappa", "ece")})
-    row["prior_global_accuracy"] = prior["global"]["accuracy"]
-    row["prior_local_accuracy"] = prior["local"]["accuracy"]
+    missing = {"accuracy": float("nan")}  # a variant without that prior (basic has none, C1 no local one)
+    fused = prior.get("fused", dict.fromkeys(("accuracy", "macro_f1", "auc", "kappa", "ece"), float("nan")))
+    row.update({f"prior_{k}": fused[k] for k in ("accuracy", "macro_f1", "auc", "kappa", "ece")})
+    row["prior_global_accuracy"] = prior.get("global", missing)["accuracy"]
+    row["prior_local_accuracy"] = prior.get("local", missing)["accuracy"]
     return row
 
 

@@ -10,12 +10,12 @@ from conftest import BUNDLE, DATA_DIR, TINY, bundle_configs, require_data, train
 from scripts.denoiser import ConditionalDenoiser
 
 
-def test_amp_is_ignored_on_a_cpu():
+def test_amp_is_ignored_on_a_cpu(tmp_path):
     require_data("medmnist/breastmnist.npz")
     parser = ConfigParser()
     parser.read_config(bundle_configs("train", "data/breastmnist", "small"))
     parser.update({"amp": True, "device": "$torch.device('cpu')", "data_root": str(DATA_DIR)})
-    parser.update({"bundle_root": str(BUNDLE)})
+    parser.update({"bundle_root": str(BUNDLE), "output_dir": str(tmp_path / "eval"), "model_dir": str(tmp_path)})
     trainer = parser.get_parsed_content("train#trainer")
     assert trainer.amp is False and isinstance(trainer.autocast(), contextlib.nullcontext)
 

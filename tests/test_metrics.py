@@ -17,7 +17,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from scripts.handlers import PredictionReport
+from scripts.handlers import PredictionReport, summary_line, variant_priors
 from scripts.metrics import (
     calibration_bins,
     classification_report,
@@ -117,3 +117,22 @@ def test_kappa_over_the_whole_split_is_written_not_the_per_batch_mean(tmp_path):
     assert [r["id"] for r in rows] == [f"im{i}" for i in range(10)]
     assert [r["predicted_label"] for r in rows] == [names[p] for p in pred]
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 0 and (tmp_path / "calibration.png").exists()
+
+
+VARIANT_PRIORS = [("basic", set()), ("C1", {"fused"}), ("full", {"fused", "global", "local"})]
+
+
+@pytest.mark.parametrize("variant, blocks", VARIANT_PRIORS)
+def test_metrics_report_only_the_priors_a_variant_computes(tmp_path, variant, blocks):
+    eye = torch.eye(2)
+    batch = {
+        "id": ["a", "b", "c", "d"],
+        "pred": eye[[0, 1, 1, 0]],
+        "label": torch.tensor([0, 1, 0, 0]),
+        **{k: eye[[0, 1, 1, 1]] for k in ("prior", "prior_global", "prior_local")},
+    }
+    report_engine([batch], PredictionReport(str(tmp_path), ["x", "y"], priors=variant_priors(variant)))
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(written["prior"]) == blocks
+    assert (tmp_path / "calibration.png").exists()
+    assert ("DCG prior ACC" in summary_line(written)) == bool(blocks)

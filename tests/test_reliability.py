@@ -247,6 +247,17 @@ def test_validate_data_run_key_prints_the_checked_counts(ham_copy, capsys):
     assert sum(int(n) for n in printed.splitlines()[-1].split()[1:]) == len(meta)
 
 
+def test_validate_data_suggests_the_class_weighting_options_for_imbalanced_training_classes():
+    from scripts.validation import summarize_datalists
+
+    def split(counts):
+        return [{"label": c} for c, n in enumerate(counts) for _ in range(n)]
+
+    text = summarize_datalists({"train": split([9, 3]), "validation": split([1, 1])}, ["benign", "malignant"])
+    assert "imbalanced (3.0:1, benign to malignant): --class_weighted_loss true" in text
+    assert "imbalanced" not in summarize_datalists({"train": split([5, 3])}, ["benign", "malignant"])
+
+
 def test_inference_datalist_files_csv_and_json(tmp_path):
     """`--datalist` for inference: a CSV or JSON list of images, relative to the list; problems with rows."""
     from scripts.data import folder_datalist, read_datalist

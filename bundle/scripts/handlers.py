@@ -20,7 +20,7 @@ from .metrics import calibration_bins, classification_report, uncertainty_report
 from .results import report_written
 from .roi import normalized_saliency
 
-__all__ = ["PredictionReport", "SaliencyWriter", "summary_line", "write_atomic"]
+__all__ = ["PredictionReport", "SaliencyWriter", "summary_line", "variant_priors", "write_atomic"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,12 @@ PROBABILITY_RULE = (
 
 
 SUMMARY = (("accuracy", "ACC"), ("auc", "AUC"), ("macro_f1", "macro-F1"), ("kappa", "kappa"), ("ece", "ECE"))
+
+
+def variant_priors(variant: str) -> tuple[str, ...]:
+    """The priors an ablation variant computes, hence reports: ``basic`` is a classifier without one (its
+    prediction is the guidance model's), ``C1`` has the global stream only (its fused prior is the global one)."""
+    return {"basic": (), "C1": ("fused",)}.get(variant, tuple(PRIORS))
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -66,9 +72,8 @@ class PredictionReport:
     - ``predictions.csv``: one row per image: ``id``, ``true_label`` (when labels exist),
       ``predicted_label``, ``prob_<class>`` per class, ``entropy`` (nats), ``vote_label`` and
       ``vote_agreement`` of the samples, ``prior_label`` (the DCG's fused prior alone);
-    - with labels: ``metrics.json`` (the denoised prediction's metrics, the same for the fused,
-      global and local priors, uncertainty metrics, and ``info``), ``confusion_matrix.png`` and
-      ``calibration.png``.
+    - with labels: ``metrics.json`` (the denoised prediction's metrics, the same for each prior in
+      ``priors``, uncertainty metrics, and ``info``), ``confusion_matrix.png`` and ``calibration.png``.
 
     Every file is written atomically. Metrics are computed once over the whole split.
 
@@ -78,6 +83,7 @@ class PredictionReport:
         info: entries written beside the metrics (checkpoint, sampler, seed, split, ...).
         coverages: fractions of most certain images at which accuracy is reported.
         num_bins: confidence bins of the ECE and the reliability diagram.
+        priors: the priors the network computes (:func:`variant_priors`): only those get a metrics block.
     """
 
     def __init__(
@@ -87,10 +93,12 @@ class PredictionReport:
         info: dict | None = None,
         coverages: Sequence[float] = (0.5, 0.8, 0.9),
         num_bins: int = 15,
+        priors: Sequence[str] = tuple(PRIORS),
     ) -> None:
         self.output_dir = output_dir
         self.class_names = list(class_names)
         self.info = dict(info or {})
+        self.priors = tuple(priors)
         self.coverages = tuple(coverages)
         self.num_bins = num_bins
         self.records: list[dict] = []
@@ -153,7 +161,7 @@ class PredictionReport:
             "disagreement": uncertainty_report(probs, labels, disagreement, self.coverages) if several else None,
         }
         prior = {}
-        for name in PRIORS:
+        for name in self.priors:
             scores = self.labels_and_scores(name)[1]
             prior[name] = classification_report(scores, labels, self.class_names, self.num_bins)
             prior_entropy = torch.special.entr(scores).sum(1)
@@ -176,16 +184,16 @@ class PredictionReport:
         report = self.metrics()
         logger.info(summary_line(report, self.info.get("split")))
         write_atomic(os.path.join(self.output_dir, "metrics.json"), json.dumps(report, indent=2) + "\n")
-        (labels, probs), fused = self.labels_and_scores(), self.labels_and_scores("fused")[1]
+        labels, probs = self.labels_and_scores()
         title = f"{self.info.get('split', '')} split, denoised prediction".strip()
         save_figure(
             confusion_figure(report["denoised"]["confusion_matrix"], self.class_names, title),
             os.path.join(self.output_dir, "confusion_matrix.png"),
         )
-        curves = {
-            "denoised": (calibration_bins(probs, labels, self.num_bins), report["denoised"]["ece"]),
-            "DCG prior": (calibration_bins(fused, labels, self.num_bins), report["prior"]["fused"]["ece"]),
-        }
+        curves = {"denoised": (calibration_bins(probs, labels, self.num_bins), report["denoised"]["ece"])}
+        if "fused" in report["prior"]:
+            fused = self.labels_and_scores("fused")[1]
+            curves["DCG prior"] = (calibration_bins(fused, labels, self.num_bins), report["prior"]["fused"]["ece"])
         save_figure(calibration_figure(curves), os.path.join(self.output_dir, "calibration.png"))
         report_written(self.output_dir, ["metrics.json", "predictions.csv", "confusion_matrix.png", "calibration.png"])
 

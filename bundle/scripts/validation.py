@@ -25,6 +25,7 @@ __all__ = [
 SPLITS = ("train", "validation", "test")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 MAX_LISTED = 30  # problems shown in one message; the count says how many there are
+IMBALANCE = 3.0  # largest to smallest training class at which validate_data suggests the class-weighting options
 
 logger = logging.getLogger(__name__)
 
@@ -186,5 +187,13 @@ def summarize_datalists(datalists: dict[str, list[dict]], class_names: Sequence[
         lines.append(name.ljust(width) + "".join(f"{sum(it['label'] == c for it in datalists[s]):>12}" for s in splits))
     lines.append("total".ljust(width) + "".join(f"{len(datalists[s]):>12}" for s in splits))
     text = "datalists checked: no problems found\n" + "\n".join(lines)
+    counts = [sum(it["label"] == c for it in datalists.get("train", [])) for c in range(len(class_names))]
+    if counts and min(counts) > 0 and max(counts) >= IMBALANCE * min(counts):
+        text += (
+            f"\nthe training classes are imbalanced ({max(counts) / min(counts):.1f}:1, "
+            f"{class_names[counts.index(max(counts))]} to {class_names[counts.index(min(counts))]}): "
+            "--class_weighted_loss true (inverse-frequency weights in the cross-entropy) or "
+            "--class_balanced_sampling true (classes drawn equally often) may help the rare ones"
+        )
     print(text, flush=True)
     return text
