@@ -149,14 +149,15 @@ def append_row(path: Path, row: dict, fields: list[str] = FIELDS) -> None:
 def metrics_row(report: dict) -> dict:
     d, prior = report["denoised"], report["prior"]
     entropy = d["uncertainty"]["entropy"]
-    row = {k: d[k] for k in ("accuracy", "macro_f1", "balanced_accuracy", "auc", "kappa", "ece", "vote_accuracy")}
+    nan = float("nan")  # kappa of nominal classes, and the priors a variant lacks (basic has none, C1 no local)
+    keys = ("accuracy", "macro_f1", "balanced_accuracy", "auc", "kappa", "ece", "vote_accuracy")
+    row = {k: d.get(k, nan) for k in keys}
     row["entropy_error_auroc"] = entropy["error_auroc"]
     row.update({f"accuracy_at_{int(float(c) * 100)}": v for c, v in entropy["accuracy_at_coverage"].items()})
-    missing = {"accuracy": float("nan")}  # a variant without that prior (basic has none, C1 no local one)
-    fused = prior.get("fused", dict.fromkeys(("accuracy", "macro_f1", "auc", "kappa", "ece"), float("nan")))
-    row.update({f"prior_{k}": fused[k] for k in ("accuracy", "macro_f1", "auc", "kappa", "ece")})
-    row["prior_global_accuracy"] = prior.get("global", missing)["accuracy"]
-    row["prior_local_accuracy"] = prior.get("local", missing)["accuracy"]
+    fused = prior.get("fused", {})
+    row.update({f"prior_{k}": fused.get(k, nan) for k in ("accuracy", "macro_f1", "auc", "kappa", "ece")})
+    row["prior_global_accuracy"] = prior.get("global", {}).get("accuracy", nan)
+    row["prior_local_accuracy"] = prior.get("local", {}).get("accuracy", nan)
     return row
 
 

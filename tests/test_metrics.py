@@ -130,9 +130,18 @@ def test_metrics_report_only_the_priors_a_variant_computes(tmp_path, variant, bl
         "pred": eye[[0, 1, 1, 0]],
         "label": torch.tensor([0, 1, 0, 0]),
         **{k: eye[[0, 1, 1, 1]] for k in ("prior", "prior_global", "prior_local")},
+        "entropy": torch.tensor([0.1, 0.2, 0.3, 0.4]),
+        "agreement": torch.ones(4),
+        "vote": torch.tensor([0, 1, 1, 0]),
     }
     report_engine([batch], PredictionReport(str(tmp_path), ["x", "y"], priors=variant_priors(variant)))
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert set(written["prior"]) == blocks
     assert (tmp_path / "calibration.png").exists()
     assert ("DCG prior ACC" in summary_line(written)) == bool(blocks)
+
+
+def test_kappa_is_reported_for_ordinal_grades_only():
+    probs, labels = torch.eye(3)[[0, 1, 2, 1]], torch.tensor([0, 1, 1, 1])
+    assert "kappa" in classification_report(probs, labels, ["g0", "g1", "g2"], ordinal=True)
+    assert "kappa" not in classification_report(probs, labels, ["cat", "dog", "owl"], ordinal=False)

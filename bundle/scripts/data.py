@@ -77,6 +77,12 @@ def _carve(items: list[dict], groups: list[str], fraction: float, seed: int) -> 
     return [it for i, it in enumerate(items) if i not in held], [items[i] for i in sorted(held)]
 
 
+def _csv_id(value: str) -> str:
+    """An image's id from a CSV id column: a file path loses its image extension, as inference names the file
+    (the id seeds the sampling noise); any other id (``ISIC_0024306``, ``patient.001``) is kept as it is."""
+    return _image_id(value) if value.lower().endswith(IMAGE_EXTENSIONS) else value
+
+
 def csv_datalists(
     dataset_dir: str,
     labels_csv: str,
@@ -136,7 +142,7 @@ def csv_datalists(
             {
                 "image": path,
                 "label": index[row[label_column]],
-                "id": row[id_column],
+                "id": _csv_id(row[id_column]),
                 "source": f"{labels_path} row {line}",
             },
             row[group_column] if group_column else row[id_column],

@@ -84,6 +84,7 @@ class PredictionReport:
         coverages: fractions of most certain images at which accuracy is reported.
         num_bins: confidence bins of the ECE and the reliability diagram.
         priors: the priors the network computes (:func:`variant_priors`): only those get a metrics block.
+        ordinal: the classes are ordered grades: quadratic kappa is reported only then.
     """
 
     def __init__(
@@ -94,11 +95,13 @@ class PredictionReport:
         coverages: Sequence[float] = (0.5, 0.8, 0.9),
         num_bins: int = 15,
         priors: Sequence[str] = tuple(PRIORS),
+        ordinal: bool = True,
     ) -> None:
         self.output_dir = output_dir
         self.class_names = list(class_names)
         self.info = dict(info or {})
         self.priors = tuple(priors)
+        self.ordinal = bool(ordinal)
         self.coverages = tuple(coverages)
         self.num_bins = num_bins
         self.records: list[dict] = []
@@ -153,7 +156,7 @@ class PredictionReport:
         entropy = torch.tensor([r.get("entropy", float("nan")) for r in self.records])
         disagreement = 1.0 - torch.tensor([r.get("agreement", 1.0) for r in self.records])
         votes = torch.tensor([r["vote"] for r in self.records])
-        denoised = classification_report(probs, labels, self.class_names, self.num_bins)
+        denoised = classification_report(probs, labels, self.class_names, self.num_bins, self.ordinal)
         denoised["vote_accuracy"] = float((votes == labels).double().mean())
         several = max(r["samples"] for r in self.records) > 1  # one sample cannot disagree with itself
         denoised["uncertainty"] = {
@@ -163,7 +166,7 @@ class PredictionReport:
         prior = {}
         for name in self.priors:
             scores = self.labels_and_scores(name)[1]
-            prior[name] = classification_report(scores, labels, self.class_names, self.num_bins)
+            prior[name] = classification_report(scores, labels, self.class_names, self.num_bins, self.ordinal)
             prior_entropy = torch.special.entr(scores).sum(1)
             prior[name]["uncertainty"] = {"entropy": uncertainty_report(scores, labels, prior_entropy, self.coverages)}
         return {

@@ -123,19 +123,23 @@ def _finite(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def classification_report(y_pred, y, class_names: Sequence[str], num_bins: int = 15) -> dict:
+def classification_report(y_pred, y, class_names: Sequence[str], num_bins: int = 15, ordinal: bool = True) -> dict:
     """Every classification metric of one set of scores over the whole split, JSON-ready (None = undefined).
+
+    Args:
+        ordinal: the classes are ordered grades; quadratic weighted kappa is reported only then (it weighs
+            an error by the distance between the class indices, which means nothing for nominal classes).
 
     Returns:
         ``accuracy``, ``macro_f1``, ``balanced_accuracy``, ``auc`` (macro one-vs-rest), ``kappa``
-        (quadratic weighted), ``ece``, ``per_class`` ({name: precision, recall, f1, support}) and
+        (quadratic weighted; ordinal classes only), ``ece``, ``per_class`` ({name: precision, recall, f1, support}) and
         ``confusion_matrix`` (rows: true class, columns: predicted class).
     """
     truth, pred = _labels(y_pred, y)
     classes = list(range(len(class_names)))
     precision, recall, f1, support = precision_recall_fscore_support(truth, pred, labels=classes, zero_division=0)
     precision, recall, f1 = precision.tolist(), recall.tolist(), f1.tolist()
-    report = {name: _finite(fn(y_pred, y)) for name, fn in METRICS.items()}
+    report = {name: _finite(fn(y_pred, y)) for name, fn in METRICS.items() if ordinal or name != "kappa"}
     report["ece"] = _finite(expected_calibration_error(y_pred, y, num_bins))
     report["per_class"] = {
         name: {"precision": precision[c], "recall": recall[c], "f1": f1[c], "support": int(support[c])}

@@ -225,6 +225,7 @@ OPTIONS: dict[str, Option] = {
     "in_channels": Option("int", choices=(1, 3)),
     "val_fraction": Option("float", low=0.0, high=1.0, open_low=True),
     "key_metric_name": Option("str", choices=METRICS),
+    "ordinal": FLAG,
     "download_url": PATH,
     "download_md5": PATH,
     "eval_split": Option("str", choices=("train", "validation", "test")),
@@ -408,6 +409,11 @@ def _training_problems(config: dict) -> list[str]:
         problems.append("batch_size: training needs at least 2 images per batch (BatchNorm); use 2 or more")
     if config.get("resume") and config.get("overwrite"):
         problems.append("resume and overwrite are both true: choose one (resume continues, overwrite restarts)")
+    if config.get("key_metric_name") == "kappa" and "ordinal" in config and not config["ordinal"]:
+        problems.append(
+            "key_metric_name kappa (quadratic weighted) needs ordered grades: set --ordinal true if the classes "
+            "are grades in class_names' order, else choose macro_f1, accuracy, balanced_accuracy or auc"
+        )
     return problems
 
 
