@@ -16,7 +16,7 @@ from monai.utils import ensure_tuple
 
 from conftest import BUNDLE, TINY, require_data
 from scripts.checkpoint import load_weights
-from scripts.inferer import DiffMICInferer
+from scripts.inferer import ID_META_KEY, DiffMICInferer
 
 NETWORK = {k: v for k, v in TINY.items() if k in ("width", "encoder_depth", "global_depth", "local_depth")}
 INFERENCE = ["configs/inference.yaml", "configs/data/breastmnist.yaml", "configs/small.yaml"]
@@ -127,8 +127,11 @@ def test_deploy_bundle_operator_calling_convention(exported, trained_bundle, tmp
     """What MONAI Deploy's MonaiBundleInferenceOperator (app SDK 4.0) does with model.ts, step by step: the
     configs from the archive, the preprocessing without LoadImage on an in-memory image, the inferer called
     with keyword arguments and the TorchScript module, the first output of the batch post-processed by
-    ``deploy_postprocessing`` into a class index. The SDK itself needs holoscan-cu13 and tritonclient,
-    which do not install here, so this test follows its code instead of importing it."""
+    ``deploy_postprocessing`` into a class index. The SDK itself (holoscan, tritonclient) is not in this
+    environment: tests/test_monai_deploy.py runs integrations/monai_deploy's app with it; this test follows
+    its code. ``deploy_preprocessing`` keeps the image's metadata (the operator reads it); with the model
+    given by ``-m``, the operator hands the inferer its model object (``TorchScriptModel``, the module as
+    ``predictor``); the image id in the metadata (``ID_META_KEY``) seeds the noise as ``monai.bundle run``."""
     names = ["inference", "breastmnist", "small"]  # BundleConfigNames(config_names=...): merged in this order
     with zipfile.ZipFile(exported) as archive:
         archive.extractall(tmp_path, members=[f"model/extra/{n}.json" for n in [*names, "metadata"]])
@@ -139,24 +142,31 @@ def test_deploy_bundle_operator_calling_convention(exported, trained_bundle, tmp
     parser.update(NETWORK)  # the tests' network sizes (the exported configs hold the overrides' defaults)
     parser.parse()
     inferer = parser.get_parsed_content("inferer")
-    preprocessing = parser.get_parsed_content("preprocessing")
-    preprocessing = Compose([t for t in preprocessing.transforms if not type(t).__name__.startswith("LoadImage")])
     postprocessing = parser.get_parsed_content("deploy_postprocessing")
-    network = torch.jit.load(str(exported), map_location="cpu").eval()
+    scripted = torch.jit.load(str(exported), map_location="cpu").eval()
+
+    class TorchScriptModel:  # the SDK's model object, as app_context.models gives it
+        predictor = scripted
 
     with np.load(require_data("medmnist/breastmnist.npz") / "medmnist" / "breastmnist.npz") as arrays:
         pixels = arrays["test_images"][:6]
     eager = eager_network(trained_bundle["dir"] / "models" / "model.pt")
-    for image in pixels:
-        inputs = preprocessing({"image": MetaTensor(image, meta={"original_channel_dim": "no_channel"})})
-        first_input = inputs.pop("image")[None]
-        with torch.no_grad():
-            outputs = inferer(inputs=first_input, network=network)
-            scaled = torch.from_numpy(image).float().div(127.5).sub(1)[None, None]
-            expected = DiffMICInferer(seed=0).predict(scaled, eager)
-        result = postprocessing({"pred": ensure_tuple(outputs)[0], **inputs})
-        assert result["pred"].shape == (1,) and int(result["pred"].item()) == int(expected["probs"].argmax())
-        torch.testing.assert_close(outputs, expected["probs"], rtol=1e-4, atol=1e-5)
+    for name, network in (("preprocessing", scripted), ("deploy_preprocessing", TorchScriptModel())):
+        preprocessing = parser.get_parsed_content(name)
+        preprocessing = Compose([t for t in preprocessing.transforms if not type(t).__name__.startswith("LoadImage")])
+        for index, image in enumerate(pixels):
+            meta = {"original_channel_dim": "no_channel", ID_META_KEY: f"breastmnist_test_{index}"}
+            inputs = preprocessing({"image": MetaTensor(image, meta=meta)})
+            first_input = inputs.pop("image")[None]
+            assert isinstance(first_input, MetaTensor) == (name == "deploy_preprocessing")  # the SDK reads .meta
+            with torch.no_grad():
+                outputs = inferer(inputs=first_input, network=network)
+                scaled = torch.from_numpy(image).float().div(127.5).sub(1)[None, None]
+                ids = [meta[ID_META_KEY]] if name == "deploy_preprocessing" else None  # else seeded as id "0"
+                expected = DiffMICInferer(seed=0).predict(scaled, eager, ids)
+            result = postprocessing({"pred": ensure_tuple(outputs)[0], **inputs})
+            assert result["pred"].shape == (1,) and int(result["pred"].item()) == int(expected["probs"].argmax())
+            torch.testing.assert_close(torch.as_tensor(outputs), expected["probs"], rtol=1e-4, atol=1e-5)
 
 
 def test_the_readme_export_commands_work_on_the_model_the_first_command_trains(trained_bundle, tmp_path):

@@ -6,17 +6,35 @@ import zlib
 from collections.abc import Sequence
 
 import torch
+from monai.data import MetaTensor
 from monai.inferers import Inferer
 from torch import nn
 
 from .uncertainty import summarize_samples
 
-__all__ = ["DiffMICInferer", "unwrap"]
+__all__ = ["ID_META_KEY", "DiffMICInferer", "unwrap"]
+
+ID_META_KEY = "image_id"
+"""The image metadata entry that holds the image id when the inferer is called without ``ids`` (MONAI Deploy's
+bundle operator calls it with the preprocessed image only; integrations/monai_deploy's loader sets the entry)."""
 
 
-def unwrap(network: nn.Module) -> nn.Module:
-    """The DiffMIC module inside a DistributedDataParallel/DataParallel wrapper."""
-    return network.module if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else network
+def unwrap(network) -> nn.Module:
+    """The DiffMIC module inside a DistributedDataParallel/DataParallel wrapper, or inside a model object of
+    MONAI Deploy's app context (``TorchScriptModel``: the module is its ``predictor``)."""
+    if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return network.module
+    if not isinstance(network, nn.Module) and isinstance(getattr(network, "predictor", None), nn.Module):
+        return network.predictor
+    return network
+
+
+def _meta_ids(inputs: torch.Tensor) -> list[str] | None:
+    """The image ids in the metadata of a MetaTensor batch (``ID_META_KEY``), or None."""
+    ids = inputs.meta.get(ID_META_KEY) if isinstance(inputs, MetaTensor) else None
+    if ids is None:
+        return None
+    return [str(ids)] if isinstance(ids, str) else [str(i) for i in ids]
 
 
 class DiffMICInferer(Inferer):
@@ -49,7 +67,8 @@ class DiffMICInferer(Inferer):
         return torch.stack(rows).to(device)
 
     def predict(self, inputs: torch.Tensor, network: nn.Module, ids: Sequence | None = None) -> dict[str, torch.Tensor]:
-        """Everything one pass gives about a batch; ``ids`` default to the batch positions.
+        """Everything one pass gives about a batch; ``ids`` default to those in a MetaTensor's metadata
+        (``ID_META_KEY``), else to the batch positions.
 
         Returns:
             the outputs of :meth:`DiffMIC.predict` (``denoised`` samples (B, S, C), the priors, the
@@ -57,7 +76,11 @@ class DiffMICInferer(Inferer):
             ``agreement``, ``entropy``).
         """
         model = unwrap(network)
+        if ids is None:
+            ids = _meta_ids(inputs)
         ids = [str(i) for i in range(inputs.shape[0])] if ids is None else [str(i) for i in ids]
+        if isinstance(inputs, MetaTensor):
+            inputs = inputs.as_tensor()
         if len(ids) != inputs.shape[0]:
             raise ValueError(f"{len(ids)} image ids for a batch of {inputs.shape[0]} images")
         out = model.predict(inputs, self.noise(ids, model.noise_draws(), model.num_classes, inputs.device))
@@ -65,5 +88,6 @@ class DiffMICInferer(Inferer):
         return out
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
-        """Mean class probabilities (B, num_classes); pass ``ids=`` to seed by image identifier."""
+        """Mean class probabilities (B, num_classes); pass ``ids=`` (or a MetaTensor with ``ID_META_KEY`` in its
+        metadata) to seed by image identifier."""
         return self.predict(inputs, network, kwargs.get("ids"))["probs"]
