@@ -141,3 +141,13 @@ def test_in_place_bit_depth_scaling_gives_the_same_values_and_leaves_the_input()
             assert torch.equal(torch.as_tensor(out), expected) and out.dtype == torch.float32
             assert isinstance(out, MetaTensor) == isinstance(image, MetaTensor)
         assert (array == before).all()
+
+
+def test_the_pil_reader_gives_writable_pixels(tmp_path):
+    """numpy's view of a PIL image is read-only, which torch warns about when it wraps it."""
+    from scripts.readers import WritablePILReader
+
+    Image.fromarray(np.arange(48, dtype=np.uint8).reshape(6, 8)).save(tmp_path / "a.png")
+    reader = WritablePILReader(reverse_indexing=False)
+    data, _ = reader.get_data(reader.read(str(tmp_path / "a.png")))
+    assert data.flags.writeable and data.shape == (6, 8) and data[1, 0] == 8

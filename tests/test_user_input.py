@@ -234,6 +234,7 @@ def test_inference_checks_every_file_before_loading_the_model_and_can_skip_bad_o
     out = tmp_path / "skip"
     done = cli("run", INFERENCE, *args, "--output_dir", str(out), "--on_bad_image", "skip")
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "is not writable" not in done.stderr  # PIL's read-only pixels are copied (WritablePILReader)
     predicted = (out / "predictions.csv").read_text().splitlines()
     assert sorted(line.split(",")[0] for line in predicted[1:]) == ["good_0", "good_1", "more/linked"]
     skipped = (out / "skipped.csv").read_text().splitlines()

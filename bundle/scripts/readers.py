@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from monai.data import ITKReader
+from monai.data import ITKReader, PILReader
 
-__all__ = ["standard_pil_mode", "ITKCopyReader", "ReducedDecode"]
+__all__ = ["standard_pil_mode", "ITKCopyReader", "ReducedDecode", "WritablePILReader"]
 
 
 def standard_pil_mode(image):
@@ -55,3 +55,15 @@ class ITKCopyReader(ITKReader):
 
     def _get_array_data(self, img):
         return np.array(super()._get_array_data(img), copy=True)
+
+
+class WritablePILReader(PILReader):
+    """MONAI's PILReader returning writable pixels.
+
+    numpy's view of a decoded PIL image is read-only; torch warns when it wraps one ("The given NumPy array is
+    not writable") and in-place transforms on it would be undefined. The copy costs little beside the decode.
+    """
+
+    def get_data(self, img):
+        data, meta = super().get_data(img)
+        return (data if data.flags.writeable else data.copy()), meta
