@@ -69,7 +69,7 @@ class DiffMICApp(MONAILabelApp):
         if isinstance(image, str) and not os.path.exists(image):
             store = datastore or self.datastore()
             try:
-                found = os.path.isfile(store.get_image_uri(image) or "")
+                found = os.path.exists(store.get_image_uri(image) or "")  # a DICOM series is a folder
             except Exception:  # the datastore's own lookup error: an unknown id all the same
                 found = False
             if not found:
