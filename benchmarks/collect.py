@@ -22,11 +22,13 @@ import csv
 import gzip
 import os
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, read_rows  # noqa: E402 - beside this script
+
 KEY = ("dataset", "recipe", "setting", "seed", "variant", "num_samples", "split")  # train_evaluate.py's key
 RUN_DIR = re.compile(  # <dataset>_<recipe>_<variant>[_<setting>]_seed<S>, as train_evaluate.py names run folders
     r"^(?P<dataset>[^_]+)_(?P<recipe>small|paper)_(?P<variant>[^_]+)(?:_(?P<setting>.+))?_seed(?P<seed>\d+)$"
@@ -73,11 +75,6 @@ def run_dirs(folders: Sequence[Path]) -> list[tuple[Path, dict[str, str]]]:
     return found
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def union_fields(rows: Iterable[dict[str, str]]) -> list[str]:
     """Every column of the rows, in order of first appearance."""
     return list(dict.fromkeys(k for r in rows for k in r))
@@ -102,7 +99,7 @@ def metric_rows(folders: Sequence[Path], commit: str | None = None) -> list[dict
     merged: dict[tuple[str, ...], dict[str, str]] = {}
     for folder in folders:
         path = folder / "results.csv"
-        for row in read_csv(path) if path.is_file() else []:
+        for row in read_rows(path) if path.is_file() else []:
             row = {**row, "setting": row.get("setting") or "default", "split": row.get("split") or "test"}
             if commit is not None:
                 row["commit"] = commit
@@ -123,7 +120,7 @@ def evaluation_predictions(path: Path, run: dict[str, str], evaluation: dict[str
         rows of ``PREDICTION_FIELDS`` plus ``prob_0``... : class i is the i-th ``prob_<name>`` column of the
         file (the config's class order), and every label is written as its class index.
     """
-    rows = read_csv(path)
+    rows = read_rows(path)
     names = [c.removeprefix("prob_") for c in (rows[0] if rows else {}) if c.startswith("prob_")]
     index = {name: str(i) for i, name in enumerate(names)}
     out = []

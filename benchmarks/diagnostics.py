@@ -24,7 +24,6 @@ rho(x) carries that the prior lacks, as far as a linear model on the validation 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,10 +32,9 @@ import numpy as np
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "bundle"), str(Path(__file__).resolve().parent)]
+from common import RESULTS, append_row, device_name, git_commit, number, parse_override, recorded_keys  # noqa: E402
 from sampling_steps import Run, backbone_outputs, load_parser, sample_probabilities  # noqa: E402
-from train_evaluate import append_row, commit, device_name, parse_override  # noqa: E402 - beside this script
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SPLITS = ("validation", "test")
 MEASURES = ("denoised", "prior_mean_chain", "features_swapped", "uniform_prior", "prior")
 STACKERS = ("stacker_prior", "stacker_prior_features")
@@ -106,7 +104,7 @@ def measure_run(run: Run, overrides: dict, device: torch.device, stamp: dict) ->
             row.update(accuracy=metrics.accuracy(p, labels), auc=metrics.macro_auc(p, labels))
             row["changed_vs_denoised"] = float((p.argmax(1) != denoised).float().mean())
             row["changed_vs_prior"] = float((p.argmax(1) != prior).float().mean())
-            rows.append({c: (f"{v:.6g}" if isinstance(v, float) else str(v)) for c, v in row.items()})
+            rows.append({c: (number(v) if isinstance(v, float) else str(v)) for c, v in row.items()})
     return rows
 
 
@@ -120,11 +118,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     )
     args = parser.parse_args(argv)
     overrides = dict(parse_override(text) for text in args.set)
-    stamp, written = {"commit": commit(), "device": device_name()}, []
-    done = set()
-    if args.out.is_file():
-        with open(args.out, newline="") as f:
-            done = {r["run"] for r in csv.DictReader(f)}
+    stamp, written = {"commit": git_commit()[0], "device": device_name()}, []
+    done = {run for (run,) in recorded_keys(args.out, ("run",))}
     for path in args.runs:
         run = Run(path.resolve())
         if run.name in done:  # a run's rows are appended together once it is measured

@@ -10,6 +10,7 @@
 #   5. the encoder and denoiser at a third of the learning rate (lr_denoiser 0.0003), 3 seeds;
 #   6. the diffusion study of docs/benchmarks.md: eval-mode priors and the prior-error weighting of the denoising
 #      loss (3 seeds each), the authors' DCG objective, and the three together (one seed each).
+# A job's --setting NAME gives the config overrides of benchmarks/settings/NAME.yaml (train_evaluate.py merges it).
 # Every line below is one train_evaluate.py job with its own folder; JOBS of them run at once (a 28 px run is
 # launch-bound and leaves the GPU mostly idle). Each job's training stops EVAL_SECONDS before LIMIT (at the end
 # of an iteration, reporting the epochs it completed), so that its best checkpoint is still evaluated; whatever is
@@ -52,64 +53,64 @@ jobs() {
 --datasets retinamnist --variant C2 --seeds 0 $both
 --datasets breastmnist --variant C1 --seeds 0 $both
 --datasets breastmnist --variant C2 --seeds 0 $both
---datasets retinamnist $study --setting epochs60 --set max_epochs=60
---datasets breastmnist $study --setting epochs60 --set max_epochs=60
---datasets retinamnist $study --setting width2048 --set width=2048
---datasets breastmnist $study --setting width2048 --set width=2048
---datasets retinamnist $study --setting no_ema --set ema_decay=null
---datasets breastmnist $study --setting no_ema --set ema_decay=null
---datasets retinamnist $study --setting draws16 --set noise_draws=16
---datasets breastmnist $study --setting draws16 --set noise_draws=16
---datasets retinamnist $study --setting mmd0.1 --set mmd_weight=0.1
---datasets breastmnist $study --setting mmd0.1 --set mmd_weight=0.1
---datasets retinamnist $study --setting px64 --set image_size=64 roi_size=16
---datasets breastmnist $study --setting px64 --set image_size=64 roi_size=16
---datasets retinamnist $study --setting y0 --set prediction_type=sample
---datasets breastmnist $study --setting y0 --set prediction_type=sample
---datasets retinamnist $study --setting y0_no_ema --set prediction_type=sample ema_decay=null
---datasets breastmnist $study --setting y0_no_ema --set prediction_type=sample ema_decay=null
---datasets retinamnist $both --no-tsne --seeds 1 --setting y0 --set prediction_type=sample
---datasets retinamnist $both --no-tsne --seeds 2 --setting y0 --set prediction_type=sample
---datasets breastmnist $both --no-tsne --seeds 1 --setting y0 --set prediction_type=sample
---datasets breastmnist $both --no-tsne --seeds 2 --setting y0 --set prediction_type=sample
---datasets retinamnist $both --no-tsne --seeds 1 --setting y0_no_ema --set prediction_type=sample ema_decay=null
---datasets retinamnist $both --no-tsne --seeds 2 --setting y0_no_ema --set prediction_type=sample ema_decay=null
---datasets breastmnist $both --no-tsne --seeds 1 --setting y0_no_ema --set prediction_type=sample ema_decay=null
---datasets breastmnist $both --no-tsne --seeds 2 --setting y0_no_ema --set prediction_type=sample ema_decay=null
---datasets retinamnist --variant C1 $study --setting y0 --set prediction_type=sample
---datasets retinamnist --variant C2 $study --setting y0 --set prediction_type=sample
---datasets breastmnist --variant C1 $study --setting y0 --set prediction_type=sample
---datasets breastmnist --variant C2 $study --setting y0 --set prediction_type=sample
---datasets retinamnist $both --no-tsne --seeds 0 --setting y0_dcg5 --set dcg_epochs=5
---datasets retinamnist $both --no-tsne --seeds 1 --setting y0_dcg5 --set dcg_epochs=5
---datasets retinamnist $both --no-tsne --seeds 2 --setting y0_dcg5 --set dcg_epochs=5
---datasets breastmnist $both --no-tsne --seeds 0 --setting y0_dcg5 --set dcg_epochs=5
---datasets breastmnist $both --no-tsne --seeds 1 --setting y0_dcg5 --set dcg_epochs=5
---datasets breastmnist $both --no-tsne --seeds 2 --setting y0_dcg5 --set dcg_epochs=5
---datasets retinamnist $study --setting y0_dcg10 --set dcg_epochs=10
---datasets breastmnist $study --setting y0_dcg10 --set dcg_epochs=10
---datasets retinamnist $both --no-tsne --seeds 0 --setting y0_lr3e-4 --set lr_denoiser=0.0003
---datasets retinamnist $both --no-tsne --seeds 1 --setting y0_lr3e-4 --set lr_denoiser=0.0003
---datasets retinamnist $both --no-tsne --seeds 2 --setting y0_lr3e-4 --set lr_denoiser=0.0003
---datasets breastmnist $both --no-tsne --seeds 0 --setting y0_lr3e-4 --set lr_denoiser=0.0003
---datasets breastmnist $both --no-tsne --seeds 1 --setting y0_lr3e-4 --set lr_denoiser=0.0003
---datasets breastmnist $both --no-tsne --seeds 2 --setting y0_lr3e-4 --set lr_denoiser=0.0003
---datasets retinamnist $both --no-tsne --seeds 0 --setting y0_eval_priors --set prior_mode=eval
---datasets retinamnist $both --no-tsne --seeds 1 --setting y0_eval_priors --set prior_mode=eval
---datasets retinamnist $both --no-tsne --seeds 2 --setting y0_eval_priors --set prior_mode=eval
---datasets breastmnist $both --no-tsne --seeds 0 --setting y0_eval_priors --set prior_mode=eval
---datasets breastmnist $both --no-tsne --seeds 1 --setting y0_eval_priors --set prior_mode=eval
---datasets breastmnist $both --no-tsne --seeds 2 --setting y0_eval_priors --set prior_mode=eval
---datasets retinamnist $both --no-tsne --seeds 0 --setting y0_weight10 --set prior_error_weight=10
---datasets retinamnist $both --no-tsne --seeds 1 --setting y0_weight10 --set prior_error_weight=10
---datasets retinamnist $both --no-tsne --seeds 2 --setting y0_weight10 --set prior_error_weight=10
---datasets breastmnist $both --no-tsne --seeds 0 --setting y0_weight10 --set prior_error_weight=10
---datasets breastmnist $both --no-tsne --seeds 1 --setting y0_weight10 --set prior_error_weight=10
---datasets breastmnist $both --no-tsne --seeds 2 --setting y0_weight10 --set prior_error_weight=10
---datasets retinamnist $study --setting y0_authors_dcg --set dcg_loss_terms=fused dcg_amsgrad=true
---datasets breastmnist $study --setting y0_authors_dcg --set dcg_loss_terms=fused dcg_amsgrad=true
---datasets retinamnist $study --setting y0_all3 --set prior_mode=eval prior_error_weight=10 dcg_loss_terms=fused dcg_amsgrad=true
---datasets breastmnist $study --setting y0_all3 --set prior_mode=eval prior_error_weight=10 dcg_loss_terms=fused dcg_amsgrad=true
+--datasets retinamnist $study --setting epochs60
+--datasets breastmnist $study --setting epochs60
+--datasets retinamnist $study --setting width2048
+--datasets breastmnist $study --setting width2048
+--datasets retinamnist $study --setting no_ema
+--datasets breastmnist $study --setting no_ema
+--datasets retinamnist $study --setting draws16
+--datasets breastmnist $study --setting draws16
+--datasets retinamnist $study --setting mmd0.1
+--datasets breastmnist $study --setting mmd0.1
+--datasets retinamnist $study --setting px64
+--datasets breastmnist $study --setting px64
+--datasets retinamnist $study --setting y0
+--datasets breastmnist $study --setting y0
+--datasets retinamnist $study --setting y0_no_ema
+--datasets breastmnist $study --setting y0_no_ema
+--datasets retinamnist $both --no-tsne --seeds 1 --setting y0
+--datasets retinamnist $both --no-tsne --seeds 2 --setting y0
+--datasets breastmnist $both --no-tsne --seeds 1 --setting y0
+--datasets breastmnist $both --no-tsne --seeds 2 --setting y0
+--datasets retinamnist $both --no-tsne --seeds 1 --setting y0_no_ema
+--datasets retinamnist $both --no-tsne --seeds 2 --setting y0_no_ema
+--datasets breastmnist $both --no-tsne --seeds 1 --setting y0_no_ema
+--datasets breastmnist $both --no-tsne --seeds 2 --setting y0_no_ema
+--datasets retinamnist --variant C1 $study --setting y0
+--datasets retinamnist --variant C2 $study --setting y0
+--datasets breastmnist --variant C1 $study --setting y0
+--datasets breastmnist --variant C2 $study --setting y0
+--datasets retinamnist $both --no-tsne --seeds 0 --setting y0_dcg5
+--datasets retinamnist $both --no-tsne --seeds 1 --setting y0_dcg5
+--datasets retinamnist $both --no-tsne --seeds 2 --setting y0_dcg5
+--datasets breastmnist $both --no-tsne --seeds 0 --setting y0_dcg5
+--datasets breastmnist $both --no-tsne --seeds 1 --setting y0_dcg5
+--datasets breastmnist $both --no-tsne --seeds 2 --setting y0_dcg5
+--datasets retinamnist $study --setting y0_dcg10
+--datasets breastmnist $study --setting y0_dcg10
+--datasets retinamnist $both --no-tsne --seeds 0 --setting y0_lr3e-4
+--datasets retinamnist $both --no-tsne --seeds 1 --setting y0_lr3e-4
+--datasets retinamnist $both --no-tsne --seeds 2 --setting y0_lr3e-4
+--datasets breastmnist $both --no-tsne --seeds 0 --setting y0_lr3e-4
+--datasets breastmnist $both --no-tsne --seeds 1 --setting y0_lr3e-4
+--datasets breastmnist $both --no-tsne --seeds 2 --setting y0_lr3e-4
+--datasets retinamnist $both --no-tsne --seeds 0 --setting y0_eval_priors
+--datasets retinamnist $both --no-tsne --seeds 1 --setting y0_eval_priors
+--datasets retinamnist $both --no-tsne --seeds 2 --setting y0_eval_priors
+--datasets breastmnist $both --no-tsne --seeds 0 --setting y0_eval_priors
+--datasets breastmnist $both --no-tsne --seeds 1 --setting y0_eval_priors
+--datasets breastmnist $both --no-tsne --seeds 2 --setting y0_eval_priors
+--datasets retinamnist $both --no-tsne --seeds 0 --setting y0_weight10
+--datasets retinamnist $both --no-tsne --seeds 1 --setting y0_weight10
+--datasets retinamnist $both --no-tsne --seeds 2 --setting y0_weight10
+--datasets breastmnist $both --no-tsne --seeds 0 --setting y0_weight10
+--datasets breastmnist $both --no-tsne --seeds 1 --setting y0_weight10
+--datasets breastmnist $both --no-tsne --seeds 2 --setting y0_weight10
+--datasets retinamnist $study --setting y0_authors_dcg
+--datasets breastmnist $study --setting y0_authors_dcg
+--datasets retinamnist $study --setting y0_all3
+--datasets breastmnist $study --setting y0_all3
 EOF
 }
 case "${PART:-all}" in

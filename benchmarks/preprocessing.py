@@ -20,7 +20,6 @@ and pipeline already there are skipped. From the repository root::
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import sys
@@ -34,12 +33,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundle"
-sys.path.insert(0, str(BUNDLE))  # the bundle's `scripts` package, as `monai.bundle run` sees it
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from speed import device_name, git_commit, number  # noqa: E402 - after the path
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "bundle"), str(Path(__file__).resolve().parent)]
+from common import BUNDLE, RESULTS, append_row, device_name, git_commit, number, recorded_rows  # noqa: E402 - beside it
 
 COLUMNS = ["date", "commit", "dirty", "device", "threads", "format", "width", "height", "size", "pipeline"]
 COLUMNS += ["images", "seconds_per_image", "images_per_s", "speedup_to_old", "mean_abs_diff", "max_abs_diff"]
@@ -88,27 +83,10 @@ def pil_pipeline(size: int) -> Callable[[str], torch.Tensor]:
     return run
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    if not path.exists() or path.stat().st_size == 0:
-        return []
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames != COLUMNS:
-            raise SystemExit(f"{path} has other columns than this script writes: move it aside")
-        return [r for r in reader if None not in r.values()]
-
-
-def append_row(path: Path, row: dict) -> dict[str, str]:
-    """Writes one row with one flushed write (the header first in a new file); returns it as stored."""
-    new = not path.exists() or path.stat().st_size == 0
-    path.parent.mkdir(parents=True, exist_ok=True)
+def append_stored(path: Path, row: dict) -> dict[str, str]:
+    """Writes one row with floats at six significant digits; returns it as stored."""
     stored = {c: number(row[c]) if isinstance(row[c], float) else str(row[c]) for c in COLUMNS}
-    line = ",".join(stored[c] for c in COLUMNS) + "\n"
-    with open(path, "a", newline="") as f:
-        f.write((",".join(COLUMNS) + "\n" if new else "") + line)
-        f.flush()
-        os.fsync(f.fileno())
-    return stored
+    return append_row(path, stored, COLUMNS, lineterminator="\n")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -118,9 +96,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=224, help="network input side (default 224, train.yaml's)")
     parser.add_argument("--images", type=int, default=4, help="images per format, each timed once (default 4)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, a data worker's)")
-    parser.add_argument(
-        "--out", type=Path, default=REPO / "benchmarks" / "results" / "preprocessing.csv", help="CSV to append to"
-    )
+    parser.add_argument("--out", type=Path, default=RESULTS / "preprocessing.csv", help="CSV to append to")
     parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run: 600x400, one image")
     return parser.parse_args(argv)
 
@@ -141,7 +117,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, str]]:
     commit, dirty = git_commit()
     context = {"commit": commit, "dirty": dirty, "device": device_name(torch.device("cpu"))}
     context |= {"threads": torch.get_num_threads(), "width": args.width, "height": args.height, "size": args.size}
-    done = {tuple(r[k] for k in KEY): r for r in read_rows(args.out)}
+    done = {tuple(r[k] for k in KEY): r for r in recorded_rows(args.out, COLUMNS)}
     pipelines = {name: bundle_pipeline(args.size, name) for name in PIPELINES[:3]} | {"pil": pil_pipeline(args.size)}
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -174,7 +150,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, str]]:
                 row |= {"seconds_per_image": seconds, "images_per_s": 1 / seconds}
                 row |= {"speedup_to_old": seconds_old / seconds, "mean_abs_diff": float(diff.mean())}
                 row |= {"max_abs_diff": float(diff.max())}
-                rows.append(append_row(args.out, row))
+                rows.append(append_stored(args.out, row))
                 speeds = f"{seconds:.4f} s/image, {1 / seconds:7.1f} images/s, x{seconds_old / seconds:.1f}"
                 print(f"{fmt} {name:>16}: {speeds}, mean |diff| {float(diff.mean()):.4f}", flush=True)
     return rows

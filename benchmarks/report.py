@@ -15,20 +15,20 @@ steps) are redrawn too:
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
-import gzip
 import re
 import statistics
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, RESULTS, read_rows  # noqa: E402 - beside this script
+
 PAGE = REPO / "bundle" / "docs" / "benchmarks.md"
-RESULTS = REPO / "benchmarks" / "results"
 FIGURE = REPO / "bundle" / "docs" / "images" / "prior_vs_denoised_epochs.png"
 Y0_FIGURE = REPO / "bundle" / "docs" / "images" / "prior_vs_denoised_epochs_y0.png"
 FIXED_PRIOR_FIGURE = REPO / "bundle" / "docs" / "images" / "prior_vs_denoised_epochs_fixed_prior.png"
@@ -116,12 +116,6 @@ class Evaluation(NamedTuple):
 
 
 EvaluationKey = tuple[str, str, str, str, str, str]  # dataset, setting, variant, seed, num_samples, split
-
-
-def read(path: Path) -> list[dict[str, str]]:
-    """The rows of a CSV file, gzip-compressed when its name ends in ``.gz``."""
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rt", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -913,7 +907,7 @@ def main(argv: list[str] | None = None) -> str:
         if isinstance(csv_names, tuple):
             return [row for name in csv_names for row in load(name)]
         if csv_names not in cache:
-            cache[csv_names] = read(args.results / csv_names)
+            cache[csv_names] = read_rows(args.results / csv_names)
         return cache[csv_names]
 
     for name, (csv_names, build) in TABLES.items():

@@ -22,7 +22,6 @@ excluded). Rows already in the file are skipped, so an interrupted run resumes.
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 import sys
 import time
@@ -32,11 +31,17 @@ from pathlib import Path
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "bundle"), str(Path(__file__).resolve().parent)]
-from train_evaluate import append_row, commit, device_name, parse_override  # noqa: E402 - beside this script
+from common import (  # noqa: E402 - beside this script
+    BUNDLE,
+    RESULTS,
+    append_row,
+    device_name,
+    git_commit,
+    number,
+    parse_override,
+    recorded_keys,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundle"
-RESULTS = REPO / "benchmarks" / "results"
 RUN_NAME = re.compile(r"(?P<dataset>[a-z0-9]+)_(?P<recipe>small|paper)_(?P<variant>C1|C2|full)(?:_(?P<setting>.+))?")
 STEPS = (1, 2, 5, 10, 20, 50, 100)  # and T, the full chain
 TINY_STEPS = (1, 2, 5)  # and T
@@ -148,13 +153,6 @@ def settings(steps: Sequence[int], samples: Sequence[int], ddpm: bool, total: in
     return rows
 
 
-def recorded(path: Path) -> set[tuple[str, ...]]:
-    if not path.is_file():
-        return set()
-    with open(path, newline="") as f:
-        return {tuple(r[k] for k in KEY) for r in csv.DictReader(f)}
-
-
 def measure_run(run: Run, split: str, args: argparse.Namespace, done: set, stamp: dict) -> list[dict]:
     """Every missing row of one run and split; returns the rows written."""
     from scripts import metrics
@@ -201,7 +199,7 @@ def measure_run(run: Run, split: str, args: argparse.Namespace, done: set, stamp
         row.update({metric: score(probs, labels) for metric, score in scores.items()}, **prior_scores, **stamp)
         row["agreement_full_chain"] = float((predicted == reference).float().mean()) if reference is not None else ""
         row.update(sample_seconds=round(seconds, 3), backbone_seconds=round(backbone_seconds, 3))
-        row = {c: (f"{v:.6g}" if isinstance(v, float) else str(v)) for c, v in row.items()}  # as read back
+        row = {c: (number(v) if isinstance(v, float) else str(v)) for c, v in row.items()}  # as read back
         append_row(args.out, row, COLUMNS)
         done.add(key)
         written.append(row)
@@ -235,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(argv)
 
     runs = [Run(path.resolve()) for path in args.runs]
-    done, stamp, written = recorded(args.out), {"commit": commit(), "device": device_name()}, []
+    done, stamp, written = recorded_keys(args.out, KEY), {"commit": git_commit()[0], "device": device_name()}, []
     for run in runs:
         for split in args.splits:
             written += measure_run(run, split, args, done, stamp)

@@ -15,14 +15,11 @@ are skipped, so an interrupted run resumes where it stopped. From the repository
 from __future__ import annotations
 
 import argparse
-import csv
 import ctypes
 import gc
-import io
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -32,9 +29,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundle"
-sys.path.insert(0, str(BUNDLE))  # the bundle's `scripts` package, as `monai.bundle run` sees it
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "bundle"), str(Path(__file__).resolve().parent)]
+from common import BUNDLE, RESULTS, append_row, device_name, git_commit, number, recorded_rows  # noqa: E402
 
 if TYPE_CHECKING:
     from monai.bundle import ConfigParser
@@ -339,69 +335,18 @@ def peak_memory(device: torch.device) -> float:
 # ---------------------------------------------------------------- the CSV
 
 
-def git_commit() -> tuple[str, bool]:
-    """The short commit of the repository and whether tracked files differ from it ("unknown" outside git)."""
-    try:
-        run = {"cwd": REPO, "capture_output": True, "text": True, "check": True, "timeout": 30}
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **run).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run).stdout.strip())
-        return commit or "unknown", dirty
-    except (OSError, subprocess.SubprocessError):
-        return "unknown", False
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU model and the cores this process may use."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model} ({cores} cores)"
-
-
-def number(value: float) -> str:
-    """A float as the CSV holds it: six significant digits."""
-    return f"{value:.6g}"
-
-
 class Results:
     """The CSV of measurements: earlier rows are read for resuming, new ones appended one whole line at a time.
 
     Args:
-        path: the CSV file (created with its header if missing).
+        path: the CSV file (created with its header at the first row).
         context: the columns shared by every row of this run (date, commit, device, ...).
     """
 
     def __init__(self, path: Path, context: dict[str, Any]) -> None:
         self.path = path
         self.context = context
-        self.rows: list[dict[str, str]] = []
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() and path.stat().st_size > 0:
-            with open(path, newline="") as f:
-                reader = csv.DictReader(f)
-                if reader.fieldnames != COLUMNS:
-                    raise SystemExit(f"{path} has other columns than this script writes: move it aside")
-                # a row cut short (a full disk) has missing fields: it is measured again
-                self.rows = [r for r in reader if None not in r.values()]
-            with open(path, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":  # never glue a new row onto a partial line
-                    self._write("\n")
-        else:
-            self._write(",".join(COLUMNS) + "\n")
-
-    def _write(self, text: str) -> None:
-        """Appends ``text`` with one write call, flushed to disk, so a kill never leaves half a row."""
-        with open(self.path, "a", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        self.rows = recorded_rows(path, COLUMNS)
 
     def key(self, row: dict[str, Any]) -> tuple[str, ...]:
         """The identity of a measurement, as strings (as the CSV reads back)."""
@@ -417,10 +362,7 @@ class Results:
         """Writes one row (context columns filled in) and returns it as the CSV holds it."""
         full = {c: "" for c in COLUMNS} | self.context | {"date": datetime.now(UTC).isoformat(timespec="seconds")}
         full |= {k: number(v) if isinstance(v, float) else v for k, v in row.items()}
-        buffer = io.StringIO()
-        csv.DictWriter(buffer, COLUMNS, lineterminator="\n").writerow(full)
-        self._write(buffer.getvalue())
-        stored = {k: str(v) for k, v in full.items()}
+        stored = append_row(self.path, full, COLUMNS, lineterminator="\n")
         self.rows.append(stored)
         return stored
 
@@ -698,7 +640,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out",
         type=Path,
-        default=REPO / "benchmarks" / "results" / "speed.csv",
+        default=RESULTS / "speed.csv",
         help="CSV to append to (default: benchmarks/results/speed.csv)",
     )
     parser.add_argument("--no-train", action="store_true", help="skip the training measurements")

@@ -4,6 +4,7 @@ For every dataset and seed: `run training` (the small CPU recipe, configs/small.
 train.yaml alone; skipped when the model exists; optionally stopped after a time budget), then
 `run evaluating` on the test split once per sample count, and `run tsne` once. Every run is the bundle's
 own workflow, in-process; this script only chooses datasets, seeds, sample counts and output folders.
+``--setting NAME`` names the runs' settings and merges the overrides of ``benchmarks/settings/NAME.yaml``.
 One CSV row per evaluation is appended to ``<out>/results.csv`` as it finishes; rows already there are
 skipped, so an interrupted run resumes.
 
@@ -16,17 +17,26 @@ skipped, so an interrupted run resumes.
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundle"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402 - beside this script
+    BUNDLE,
+    RESULTS,
+    append_row,
+    device_name,
+    git_commit,
+    override_text,
+    parse_override,
+    recorded_keys,
+    setting_overrides,
+)
+
 # --tiny: 1 DCG warm-up epoch and 1 joint epoch of depth-10 trunks and a 32-wide denoiser
 TINY = {
     "max_epochs": 2,
@@ -112,40 +122,6 @@ def bundle_run(run_id: str, configs: list[str], time_limit: float | None = None,
     return time.perf_counter() - start, trainer.state.iteration // trainer.state.epoch_length
 
 
-def device_name() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "cpu")
-    return f"{model} ({os.cpu_count()} cores)"
-
-
-def commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return done.stdout.strip() or "unknown"
-
-
-def recorded(path: Path) -> set[tuple[str, ...]]:
-    """The (dataset, recipe, setting, seed, variant, num_samples, split) evaluations already in the CSV."""
-    if not path.is_file():
-        return set()
-    with open(path, newline="") as f:
-        return {tuple(r.get(k) or "default" for k in KEY) for r in csv.DictReader(f)}  # older files: no setting
-
-
-def append_row(path: Path, row: dict, fields: list[str] = FIELDS) -> None:
-    """Appends one complete line with one write, so an interruption never leaves half a row."""
-    new = not path.is_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-        f.flush()
-
-
 def metrics_row(report: dict) -> dict:
     d, prior = report["denoised"], report["prior"]
     entropy = d["uncertainty"]["entropy"]
@@ -161,16 +137,20 @@ def metrics_row(report: dict) -> dict:
     return row
 
 
-def parse_override(text: str) -> tuple[str, object]:
-    """``ID=VALUE`` with VALUE read as JSON where it parses (numbers, lists, true/false), else as a string."""
-    key, _, value = text.partition("=")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
+def run_overrides(args: argparse.Namespace) -> tuple[dict, str]:
+    """The config overrides of every run and their record in the ``overrides`` column.
+
+    Later sources win: --tiny's, then the setting's file (benchmarks/settings/<setting>.yaml), then --set. The
+    column lists --configs, the file's overrides as ``ID=VALUE`` (unless --set repeats one) and --set: the
+    same text as when the setting's overrides were given by --set, so rows recorded before the files still match.
+    """
+    from_file = setting_overrides(args.setting)
+    overrides = {**(TINY if args.tiny else {}), **from_file, **dict(parse_override(t) for t in args.set)}
+    texts = [override_text(k, v) for k, v in from_file.items()]
+    return overrides, " ".join(args.configs + [t for t in texts if t not in args.set] + args.set)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["breastmnist", "retinamnist"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -181,23 +161,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--splits", nargs="+", default=["test"], help="splits evaluated (validation: for choosing settings)"
     )
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "train_evaluate")
+    parser.add_argument("--out", type=Path, default=RESULTS / "train_evaluate")
     parser.add_argument(
         "--configs", nargs="+", default=[], help="config files merged after the recipe (relative to bundle/)"
     )
     parser.add_argument(
-        "--setting", default="default", help="name of the --set overrides and --configs, in folders and rows"
+        "--setting",
+        default="default",
+        help="name of the run's settings, in folders and rows: benchmarks/settings/NAME.yaml's overrides where it "
+        "exists, with --set and --configs",
     )
     parser.add_argument("--no-tsne", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="a smoke run: 2 epochs of a tiny network, 40 t-SNE images")
     parser.add_argument(
         "--set", nargs="+", action="extend", default=[], metavar="ID=VALUE", help="config overrides of every run"
     )
-    args = parser.parse_args(argv)
-    overrides = dict(TINY if args.tiny else {}, **dict(parse_override(s) for s in args.set))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    overrides, overrides_text = run_overrides(args)
     sys.path.insert(0, str(BUNDLE))
     out, table = args.out.resolve(), args.out.resolve() / "results.csv"
-    done, stamp = recorded(table), {"commit": commit(), "device": device_name()}
+    done, stamp = recorded_keys(table, KEY, missing="default"), {"commit": git_commit()[0], "device": device_name()}
     for dataset in args.datasets:
         train_configs = ["configs/train.yaml", f"configs/data/{dataset}.yaml"]
         train_configs += ["configs/small.yaml"] if args.recipe == "small" else []
@@ -218,12 +205,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{dataset} seed {seed}: no model.pt after {train['epochs']} epochs, nothing to evaluate")
                 continue
             for split, samples in itertools.product(args.splits, args.samples):
-                row = dict(
-                    dataset=dataset,
-                    recipe=args.recipe,
-                    setting=args.setting,
-                    overrides=" ".join(args.configs + args.set),
-                )
+                row = dict(dataset=dataset, recipe=args.recipe, setting=args.setting, overrides=overrides_text)
                 row.update(seed=seed, variant=args.variant, num_samples=samples, split=split)
                 if tuple(str(row[k]) for k in KEY) in done:
                     continue
@@ -238,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 report = json.loads((eval_dir / "metrics.json").read_text())
                 row.update(eval_seconds=round(seconds, 1), **train, **stamp, **metrics_row(report))
-                append_row(table, row)
+                append_row(table, row, FIELDS)
                 print(f"{dataset} seed {seed} {split} samples {samples}: {json.dumps(metrics_row(report))}", flush=True)
             tsne = not args.no_tsne and args.variant != "basic"  # basic has no reverse chain to draw
             if tsne and not (run_dir / "tsne" / "tsne.png").is_file():

@@ -11,6 +11,7 @@ import sys
 import tarfile
 
 import numpy as np
+import pytest
 from scipy.stats import binomtest
 
 from conftest import REPO, require_data
@@ -492,3 +493,80 @@ def test_gpu_ablation_runs_a_picked_job_in_tiny_mode_and_packs_its_results(tmp_p
         bad.returncode == 2
         and "PART must be ablation, study, seeds, y0, fixed_prior, learning_rate, diffusion_study, all" in bad.stderr
     )
+
+
+# the `--set` of each `--setting` in gpu_ablation.sh before the settings became files (commit 3868c2c)
+GPU_ABLATION_SETTINGS = {
+    "epochs60": "max_epochs=60",
+    "width2048": "width=2048",
+    "no_ema": "ema_decay=null",
+    "draws16": "noise_draws=16",
+    "mmd0.1": "mmd_weight=0.1",
+    "px64": "image_size=64 roi_size=16",
+    "y0": "prediction_type=sample",
+    "y0_no_ema": "prediction_type=sample ema_decay=null",
+    "y0_dcg5": "dcg_epochs=5",
+    "y0_dcg10": "dcg_epochs=10",
+    "y0_lr3e-4": "lr_denoiser=0.0003",
+    "y0_eval_priors": "prior_mode=eval",
+    "y0_weight10": "prior_error_weight=10",
+    "y0_authors_dcg": "dcg_loss_terms=fused dcg_amsgrad=true",
+    "y0_all3": "prior_mode=eval prior_error_weight=10 dcg_loss_terms=fused dcg_amsgrad=true",
+}
+
+
+def test_settings_files_give_the_overrides_gpu_ablation_passed():
+    """Each benchmarks/settings/<name>.yaml gives the bundle the values (types included) and the CSV the text that
+    gpu_ablation.sh's `--set` gave, and every --setting of the script now has its file and no --set of its own."""
+    common = load_script("common")
+    files = sorted(p.stem for p in common.SETTINGS.glob("*.yaml"))
+    assert files == sorted(GPU_ABLATION_SETTINGS)
+    for name, old in GPU_ABLATION_SETTINGS.items():
+        assert (common.SETTINGS / f"{name}.yaml").read_text().startswith(f"# {name}: "), name  # what it tests
+        expected = dict(common.parse_override(t) for t in old.split())
+        overrides = common.setting_overrides(name)
+        assert overrides == expected and [type(v) for v in overrides.values()] == [type(v) for v in expected.values()]
+        assert " ".join(common.override_text(k, v) for k, v in overrides.items()) == old
+    jobs = (REPO / "benchmarks" / "gpu_ablation.sh").read_text().split("<<EOF\n", 1)[1].split("\nEOF\n", 1)[0]
+    jobs = jobs.splitlines()
+    assert len(jobs) == 70
+    named = [line.split(" --setting ", 1)[1] for line in jobs if " --setting " in line]
+    assert len(named) == 58 and set(named) == set(GPU_ABLATION_SETTINGS) and not any("--set " in j for j in jobs)
+
+
+def test_train_evaluate_merges_the_setting_file_under_set():
+    """--tiny's values, then the setting's file, then --set; the overrides column as when --set gave them all."""
+    script = load_script("train_evaluate")
+    argv = ["--setting", "y0_all3", "--tiny", "--set", "prior_error_weight=3", "progress_bar=false"]
+    overrides, text = script.run_overrides(script.parse_args(argv))
+    assert overrides == dict(
+        script.TINY, prior_mode="eval", prior_error_weight=3, dcg_loss_terms="fused", dcg_amsgrad=True
+    ) | {"progress_bar": False}
+    assert text == "prior_mode=eval prior_error_weight=10 dcg_loss_terms=fused dcg_amsgrad=true " + (
+        "prior_error_weight=3 progress_bar=false"
+    )
+    # a --set that repeats the file's text is recorded once; a setting without a file adds nothing
+    overrides, text = script.run_overrides(script.parse_args(["--setting", "y0", "--set", "prediction_type=sample"]))
+    assert (overrides, text) == ({"prediction_type": "sample"}, "prediction_type=sample")
+    assert script.run_overrides(script.parse_args(["--setting", "lesion_split"])) == ({}, "")
+
+
+def test_common_csv_appends_whole_rows_and_resumes_past_a_cut_row(tmp_path):
+    """A row cut short is not recorded (measured again), and the next row starts on a line of its own."""
+    common = load_script("common")
+    path, columns = tmp_path / "rows.csv", ["name", "value"]
+    assert common.recorded_rows(path) == [] and common.recorded_keys(path, ["name"]) == set()
+    assert common.append_row(path, {"name": "a", "value": 0.5}, columns) == {"name": "a", "value": "0.5"}
+    with open(path, "a") as f:
+        f.write("b")  # killed mid-row
+    assert common.recorded_keys(path, ["name"]) == {("a",)}
+    common.append_row(path, {"name": "c, d", "value": 1}, columns)
+    assert read_rows(path) == [
+        {"name": "a", "value": "0.5"},
+        {"name": "b", "value": None},
+        {"name": "c, d", "value": "1"},
+    ]
+    assert [r["name"] for r in common.recorded_rows(path, columns)] == ["a", "c, d"]
+    assert common.recorded_keys(path, ["name", "setting"], missing="default") == {("a", "default"), ("c, d", "default")}
+    with pytest.raises(SystemExit, match="other columns"):  # appending would misalign
+        common.recorded_rows(path, ["name"])

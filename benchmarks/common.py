@@ -1,0 +1,153 @@
+"""What the benchmark scripts share: paths, resumable CSVs, the stamp of a row, and the named settings.
+
+benchmarks/ is not a package: each script puts this folder on ``sys.path`` before ``import common``, so that
+``python benchmarks/X.py`` and the tests' loading of a script by its path both find it.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import os
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundle"
+RESULTS = REPO / "benchmarks" / "results"
+SETTINGS = REPO / "benchmarks" / "settings"  # <name>.yaml: the config overrides of train_evaluate.py --setting <name>
+
+
+# ---------------------------------------------------------------- CSVs
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file, gzip-compressed when its name ends in ``.gz`` (the per-image predictions)."""
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "rt", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def recorded_rows(path: Path, columns: Sequence[str] | None = None) -> list[dict[str, str]]:
+    """The complete rows a resumable CSV already holds: what a rerun skips.
+
+    A missing or empty file holds none. A row cut short (a kill or a full disk mid-write) is left out, so it is
+    measured again. With ``columns``, a file of other columns stops the script: appending to it would misalign.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if columns is not None and reader.fieldnames != list(columns):
+            raise SystemExit(f"{path} has other columns than this script writes: move it aside")
+        return [r for r in reader if None not in r.values()]
+
+
+def recorded_keys(path: Path, key: Sequence[str], missing: str = "") -> set[tuple[str, ...]]:
+    """The identities (values of the ``key`` columns) of the rows already recorded; a column that older files
+    lack, or leave blank, reads as ``missing``."""
+    return {tuple(r.get(k) or missing for k in key) for r in recorded_rows(path)}
+
+
+def append_row(path: Path, row: dict[str, Any], columns: Sequence[str], lineterminator: str = "\r\n") -> dict[str, str]:
+    """Appends one row (the header first in a new file) with one flushed write, so a kill never leaves half a
+    row; a partial last line is ended first rather than glued to. Returns the row as the CSV reads it back.
+
+    Args:
+        path: the CSV file, created with its folder if missing.
+        row: values by column; a column it lacks is left blank, one it has beyond ``columns`` is an error.
+        columns: the file's columns, in order.
+        lineterminator: ``\\r\\n`` is the csv module's default (train_evaluate.py's files); speed.py and
+            preprocessing.py write ``\\n``.
+    """
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator=lineterminator)
+    if not path.is_file() or path.stat().st_size == 0:
+        writer.writeheader()
+    else:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                buffer.write(lineterminator)
+    writer.writerow(row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", newline="") as f:
+        f.write(buffer.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+    return {c: str(row.get(c, "")) for c in columns}
+
+
+def number(value: float) -> str:
+    """A float as the CSVs hold it: six significant digits."""
+    return f"{value:.6g}"
+
+
+# ---------------------------------------------------------------- the stamp of a row
+
+
+def git_commit() -> tuple[str, bool]:
+    """The short commit of the repository and whether tracked files differ from it ("unknown" outside git):
+    a row's numbers belong to the code that measured them."""
+    try:
+        run = {"cwd": REPO, "capture_output": True, "text": True, "check": True, "timeout": 30}
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **run).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run).stdout.strip())
+        return commit or "unknown", dirty
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+
+
+def device_name(device: Any = None) -> str:
+    """The GPU's name, or the CPU model and the cores this process may use: timings compare only on one machine.
+
+    Args:
+        device: a torch device or its name; None: CUDA when available, else the CPU.
+    """
+    import torch
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model} ({cores} cores)"
+
+
+# ---------------------------------------------------------------- config overrides and named settings
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``ID=VALUE`` with VALUE read as JSON where it parses (numbers, lists, true/false/null), else as a string."""
+    key, _, value = text.partition("=")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def override_text(key: str, value: Any) -> str:
+    """The ``ID=VALUE`` that ``parse_override`` reads back as ``(key, value)``: how the CSVs record overrides."""
+    return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+
+
+def setting_overrides(name: str, folder: Path = SETTINGS) -> dict[str, Any]:
+    """The config ids and values of ``<folder>/<name>.yaml``, in file order; none when there is no such file
+    (a setting named for its ``--configs``, or ``default``). Experiments are data: the file says what a name means."""
+    import yaml
+
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        return {}
+    content = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(content, dict):
+        raise SystemExit(f"{path}: expected config ids and values, got {type(content).__name__}")
+    return content
