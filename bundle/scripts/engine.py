@@ -43,13 +43,13 @@ class DiffMICTrainer(SupervisedTrainer):
     Epochs ``1..warmup_epochs`` train the DCG alone with cross-entropy (``loss_function``). After that
     each iteration makes one DCG cross-entropy step (``dcg_optimizer``) and one step of the encoder and
     denoiser (``optimizer``) on the loss ``MSE(eps, eps_hat_fused) + mmd_weight * (MMD(eps,
-    eps_hat_global) + MMD(eps, eps_hat_local))`` (:class:`~scripts.losses.DiffMICLoss`, built from
-    ``mmd_weight``, ``mmd_bandwidths`` and ``prior_error_weight``: ``diffusion_loss``), then updates the
-    EMA. The DCG runs once per
-    iteration: its detached softmaxes are the priors of the three streams, and the image features are
-    computed once and shared by them. After ``dcg_epochs`` the DCG stops training: it runs in eval mode
-    without gradients, so the encoder and denoiser learn on the fixed priors that validation and
-    inference see. Without diffusion (the ``basic`` ablation) every epoch is a cross-entropy epoch.
+    eps_hat_global) + MMD(eps, eps_hat_local))``, then updates the EMA. That loss is ``diffusion_loss``, a
+    :class:`~scripts.losses.DiffMICLoss` built from ``mmd_weight``, ``mmd_bandwidths`` and
+    ``prior_error_weight``. The DCG runs once per iteration: its detached softmaxes are the priors of the
+    three streams, and the image features are computed once and shared by them. After ``dcg_epochs`` the
+    DCG stops training: it runs in eval mode without gradients, so the encoder and denoiser learn on the
+    fixed priors that validation and inference see. Without diffusion (the ``basic`` ablation) every
+    epoch is a cross-entropy epoch.
 
     Each step fires MONAI's ``IterationEvents`` as :class:`~monai.engines.SupervisedTrainer` does:
     ``FORWARD_COMPLETED`` (``engine.state.output`` holds ``image``, ``label`` and ``pred``, the DCG's fused
@@ -281,12 +281,13 @@ class DiffMICTrainer(SupervisedTrainer):
 
         The iteration's ``loss`` becomes the DCG's cross-entropy plus the diffusion loss, with its terms beside it.
         """
+        # as for the DCG: a skipped step leaves the encoder's BatchNorm statistics as they were
         saved_head = _snapshot(model.head) if self.on_nonfinite == "skip" else []
         rows = self._denoise(model, images, labels, priors)
         self.fire_event(IterationEvents.FORWARD_COMPLETED)
         terms = self.diffusion_loss(**rows)
         output = self.state.output
-        loss_dcg = output[Keys.LOSS]
+        loss_dcg = output[Keys.LOSS]  # the DCG's cross-entropy; zero once the DCG is fixed
         output.update(loss_noise=terms["loss_noise"].detach(), loss_mmd=terms["loss_mmd"].detach())
         output[Keys.LOSS] = loss_dcg + terms["loss"].detach()
         self.fire_event(IterationEvents.LOSS_COMPLETED)
