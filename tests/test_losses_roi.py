@@ -1,8 +1,9 @@
 """MMD and ROI retrieval."""
 
+import pytest
 import torch
 
-from scripts.losses import rbf_mmd
+from scripts.losses import DiffMICLoss, rbf_mmd
 from scripts.roi import crop_windows, normalized_saliency, select_windows
 
 
@@ -50,3 +51,31 @@ def test_saliency_is_normalised_per_class_then_summed():
     saliency = torch.stack([torch.arange(4.0).view(2, 2), 10 * torch.arange(4.0).view(2, 2)])[None]
     heat = normalized_saliency(saliency, (2, 2))
     assert torch.allclose(heat[0], 2 * torch.arange(4.0).view(2, 2) / 3)
+
+
+def test_diffmic_loss_sums_its_terms_and_weights_rows_by_the_prior_miss():
+    """loss = loss_noise + mmd_weight * loss_mmd; the MMD terms read the global and local streams, so without them
+    the loss needs the fused stream only; prior_error_weight w weighs a row's error 1 + w (1 - p_prior(true))."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(8, 3, generator=g)
+    predicted = {k: torch.randn(8, 3, generator=g) for k in ("fused", "global", "local")}
+    full = DiffMICLoss(mmd_weight=0.5, mmd_bandwidths=(0.5, 2.0))
+    terms = full(predicted, target)
+    assert full.streams == ("fused", "global", "local")
+    assert torch.isclose(terms["loss_noise"], torch.nn.functional.mse_loss(predicted["fused"], target))
+    mmd = rbf_mmd(target, predicted["global"], (0.5, 2.0)) + rbf_mmd(target, predicted["local"], (0.5, 2.0))
+    assert torch.isclose(terms["loss_mmd"], mmd) and torch.isclose(terms["loss"], terms["loss_noise"] + 0.5 * mmd)
+
+    no_mmd = DiffMICLoss(mmd_weight=0.0)
+    assert no_mmd.streams == ("fused",)
+    terms = no_mmd({"fused": predicted["fused"]}, target)
+    assert float(terms["loss_mmd"]) == 0.0 and torch.equal(terms["loss"], terms["loss_noise"])
+
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    sure = torch.nn.functional.one_hot(labels, 3).float()
+    weighted = DiffMICLoss(mmd_weight=0.0, prior_error_weight=10.0)
+    plain = no_mmd.denoising_error(predicted["fused"], target)
+    assert torch.isclose(weighted.denoising_error(predicted["fused"], target, sure, labels), plain)
+    assert torch.isclose(weighted.denoising_error(predicted["fused"], target, 1.0 - sure, labels), 11.0 * plain)
+    with pytest.raises(ValueError, match="pass prior and labels"):
+        weighted({"fused": predicted["fused"]}, target)

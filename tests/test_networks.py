@@ -3,6 +3,7 @@
 import pytest
 import torch
 from ignite.engine import Events
+from monai.engines import IterationEvents
 
 from scripts.backbone import ResNetTrunk, load_backbone_weights
 from scripts.engine import DiffMICTrainer
@@ -201,8 +202,8 @@ def test_eval_prior_mode_trains_the_denoiser_on_the_priors_validation_sees():
         torch.manual_seed(0)
         net = tiny_net(in_channels=1, num_classes=2)
         trainer = one_batch_trainer(net, batch["image"], prior_mode=mode)
-        loss = trainer._diffusion_loss
-        trainer._diffusion_loss = lambda model, images, labels, priors, m=mode, f=loss: (
+        denoise = trainer._denoise
+        trainer._denoise = lambda model, images, labels, priors, m=mode, f=denoise: (
             seen.__setitem__(m, {k: v.clone() for k, v in priors.items()}) or f(model, images, labels, priors)
         )
         trainer.run()
@@ -224,16 +225,16 @@ def test_prior_error_weight_and_dcg_loss_terms():
     def trainer(**kwargs) -> DiffMICTrainer:
         return one_batch_trainer(net, images, noise_draws=2, mmd_weight=0.0, **kwargs)
 
-    sure = torch.nn.functional.one_hot(LABELS, 2).float()
-    losses = {}
-    for name, weight, prior in (("plain", 0.0, sure), ("sure", 10.0, sure), ("wrong", 10.0, 1.0 - sure)):
+    def loss_noise(weight: float, prior: torch.Tensor) -> torch.Tensor:
         torch.manual_seed(0)  # the same (t, eps) draws for each
-        priors = {k: prior for k in ("fused", "global", "local")}
-        losses[name] = trainer(prior_error_weight=weight)._diffusion_loss(net, images, LABELS, priors)[0]
-    assert torch.isclose(losses["sure"], losses["plain"])
-    torch.manual_seed(0)
-    wrong_plain = trainer()._diffusion_loss(net, images, LABELS, {k: 1.0 - sure for k in ("fused", "global", "local")})
-    assert torch.isclose(losses["wrong"], 11.0 * wrong_plain[0])
+        one = trainer(prior_error_weight=weight)
+        rows = one._denoise(net, images, LABELS, {k: prior for k in ("fused", "global", "local")})
+        assert torch.equal(rows["labels"], LABELS.repeat(2)) and torch.equal(rows["prior"], prior.repeat(2, 1))
+        return one.diffusion_loss(**rows)["loss_noise"]
+
+    sure = torch.nn.functional.one_hot(LABELS, 2).float()
+    assert torch.isclose(loss_noise(10.0, sure), loss_noise(0.0, sure))
+    assert torch.isclose(loss_noise(10.0, 1.0 - sure), 11.0 * loss_noise(0.0, 1.0 - sure))
 
     with torch.no_grad():
         logits = net.dcg.train()(images)
@@ -243,6 +244,48 @@ def test_prior_error_weight_and_dcg_loss_terms():
     assert torch.isclose(fused_only.state.output["loss_ce"], expected, atol=1e-5)
     with pytest.raises(ValueError, match="dcg_loss_terms must list some of global, local and fused"):
         trainer(dcg_loss_terms=["fusion"])
+
+
+def test_handlers_on_monai_iteration_events_run_at_each_step_of_both_stages():
+    """As in MONAI's SupervisedTrainer, each step fires FORWARD_COMPLETED (output: image, label, pred),
+    LOSS_COMPLETED (output: the loss and its terms) and BACKWARD_COMPLETED (before the optimizer step), and
+    each iteration MODEL_COMPLETED after its steps. Epoch 1 (warm-up): the DCG's step; 2 (joint): the DCG's,
+    then the denoiser's; 3 (DCG fixed by dcg_epochs): the denoiser's."""
+    torch.manual_seed(0)
+    net = tiny_net(in_channels=1, num_classes=2)
+    trainer = one_batch_trainer(net, torch.randn(6, 1, 24, 24), max_epochs=3, warmup_epochs=1, dcg_epochs=2)
+    names = {"FORWARD_COMPLETED": "F", "LOSS_COMPLETED": "L", "BACKWARD_COMPLETED": "B", "MODEL_COMPLETED": "M"}
+    seen = {1: [], 2: [], 3: []}
+
+    def record(engine, name):
+        weights = net.dcg.saliency.weight.clone(), net.head.denoiser.output.weight.clone()
+        seen[engine.state.epoch].append((name, dict(engine.state.output), weights))
+
+    for event, name in names.items():
+        trainer.add_event_handler(getattr(IterationEvents, event), record, name)
+    trainer.run()
+
+    assert ["".join(name for name, _, _ in seen[e]) for e in (1, 2, 3)] == ["FLBM", "FLBFLBM", "FLBM"]
+    for epoch, calls in seen.items():
+        dcg_step = epoch < 3
+        if dcg_step:  # the DCG step's forward: what MONAI's trainer holds then
+            assert list(calls[0][1]) == ["image", "label", "pred"]
+        for (name, output, weights), (_, _, after) in zip(calls, calls[1:], strict=False):
+            assert {"image", "label", "pred"} <= set(output)
+            if name == "L":
+                assert torch.isfinite(output["loss"])
+            if name == "B":  # gradients computed, step not yet taken: the next event sees the stepped module
+                stepped = 0 if dcg_step and "loss_noise" not in output else 1
+                assert not torch.equal(weights[stepped], after[stepped]) and torch.equal(
+                    weights[1 - stepped], after[1 - stepped]
+                )
+    losses = {e: [output for name, output, _ in calls if name == "L"] for e, calls in seen.items()}
+    assert torch.equal(losses[1][0]["loss"], losses[1][0]["loss_ce"])
+    joint = losses[2][1]
+    assert torch.equal(losses[2][0]["loss"], joint["loss_ce"]) and float(joint["loss_noise"]) > 0
+    assert torch.isclose(joint["loss"], joint["loss_ce"] + joint["loss_noise"] + 0.5 * joint["loss_mmd"])
+    fixed = losses[3][0]
+    assert "loss_ce" not in fixed and torch.isclose(fixed["loss"], fixed["loss_noise"] + 0.5 * fixed["loss_mmd"])
 
 
 def test_ema_ramps_up_and_is_used_for_sampling():

@@ -10,6 +10,7 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigParser
+from monai.engines import IterationEvents
 from PIL import Image
 
 from conftest import BUNDLE, bundle_configs, ham_subset, require_data
@@ -219,10 +220,13 @@ def test_a_non_finite_loss_stops_training_naming_where_or_skips_the_step():
         trainer.run()
 
     trainer, network = nan_trainer("skip")
-    weights = []
+    weights, events = [], []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: weights.append(network.dcg.saliency.weight.clone()))
+    for event in (IterationEvents.LOSS_COMPLETED, IterationEvents.BACKWARD_COMPLETED):
+        trainer.add_event_handler(event, lambda e, name=event.name[0]: events.append(name))
     trainer.run()
     assert trainer.skipped_steps == 1 and trainer.state.iteration == 3
+    assert "".join(events) == "LBLB" + "L" + "LBLB"  # the skipped DCG step computed its loss, took no backward
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[1], weights[2])
     assert all(torch.isfinite(t).all() for t in [*network.parameters(), *network.buffers()])  # BN stats too
 

@@ -21,7 +21,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from .inferer import DiffMICInferer, unwrap
-from .losses import rbf_mmd
+from .losses import DiffMICLoss
 
 __all__ = ["DiffMICTrainer", "DiffMICEvaluator", "JointValidationHandler", "scalar_terms"]
 
@@ -43,11 +43,23 @@ class DiffMICTrainer(SupervisedTrainer):
     Epochs ``1..warmup_epochs`` train the DCG alone with cross-entropy (``loss_function``). After that
     each iteration makes one DCG cross-entropy step (``dcg_optimizer``) and one step of the encoder and
     denoiser (``optimizer``) on the loss ``MSE(eps, eps_hat_fused) + mmd_weight * (MMD(eps,
-    eps_hat_global) + MMD(eps, eps_hat_local))``, then updates the EMA. The DCG runs once per
-    iteration: its detached softmaxes are the priors of the three streams, and the image features are
-    computed once and shared by them. After ``dcg_epochs`` the DCG stops training: it runs in eval mode
-    without gradients, so the encoder and denoiser learn on the fixed priors that validation and
-    inference see. Without diffusion (the ``basic`` ablation) every epoch is a cross-entropy epoch.
+    eps_hat_global) + MMD(eps, eps_hat_local))``, then updates the EMA. That loss is ``diffusion_loss``, a
+    :class:`~scripts.losses.DiffMICLoss` built from ``mmd_weight``, ``mmd_bandwidths`` and
+    ``prior_error_weight``. The DCG runs once per iteration: its detached softmaxes are the priors of the
+    three streams, and the image features are computed once and shared by them. After ``dcg_epochs`` the
+    DCG stops training: it runs in eval mode without gradients, so the encoder and denoiser learn on the
+    fixed priors that validation and inference see. Without diffusion (the ``basic`` ablation) every
+    epoch is a cross-entropy epoch.
+
+    Each step fires MONAI's ``IterationEvents`` as :class:`~monai.engines.SupervisedTrainer` does:
+    ``FORWARD_COMPLETED`` (``engine.state.output`` holds ``image``, ``label`` and ``pred``, the DCG's fused
+    logits), ``LOSS_COMPLETED`` (``loss``, the iteration's loss so far, and its terms: ``loss_ce``, then
+    ``loss_noise`` and ``loss_mmd``) and ``BACKWARD_COMPLETED`` (gradients in place, scaled under ``amp``,
+    before clipping and the optimizer step); ``MODEL_COMPLETED`` fires once, when the iteration's steps are
+    done. A joint iteration has two steps, the DCG's then the denoiser's, so it fires the first three events
+    twice; with the DCG fixed (after ``dcg_epochs``) only the denoiser steps. The output's tensors are
+    detached: a handler reads them, it cannot replace the loss that is backpropagated. A step that
+    ``on_nonfinite: skip`` leaves out fires no ``BACKWARD_COMPLETED``.
 
     Args:
         optimizer: optimizer of the encoder and denoiser (``network.head``).
@@ -125,15 +137,13 @@ class DiffMICTrainer(SupervisedTrainer):
         if unknown or not dcg_loss_terms:
             raise ValueError(f"dcg_loss_terms must list some of global, local and fused, got {list(dcg_loss_terms)}")
         self.dcg_loss_terms = tuple(dcg_loss_terms)
-        self.prior_error_weight = prior_error_weight
         self.on_nonfinite = on_nonfinite
         self.skipped_steps = 0
         self.dcg_optimizer = dcg_optimizer
         self.warmup_epochs = warmup_epochs
         self.dcg_epochs = dcg_epochs
         self.noise_draws = noise_draws
-        self.mmd_weight = mmd_weight
-        self.mmd_bandwidths = tuple(mmd_bandwidths)
+        self.diffusion_loss = DiffMICLoss(mmd_weight, mmd_bandwidths, prior_error_weight)
         self.grad_clip = grad_clip
 
     def in_warmup(self) -> bool:
@@ -185,56 +195,47 @@ class DiffMICTrainer(SupervisedTrainer):
         )
 
     def _iteration(self, engine: DiffMICTrainer, batchdata: dict[str, torch.Tensor]) -> dict | list[dict]:
-        engine.state.output = engine._step(engine, batchdata)
-        # as MONAI's engines: decollation (decollate: true) and postprocessing run on this event
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return engine.state.output
-
-    def _step(self, engine: DiffMICTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
-        """One iteration: a DCG step (or, after ``dcg_epochs``, its fixed priors), then (after the warm-up) an encoder
-        and denoiser step; returns the output."""
+        """One iteration: a DCG step (or, after ``dcg_epochs``, its fixed priors), then (after the warm-up) an
+        encoder and denoiser step; returns the output."""
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         images, labels = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
         labels = labels.reshape(-1).long()
         model = unwrap(engine.network)
         engine.network.train()
+        engine.state.output = {Keys.IMAGE: images, Keys.LABEL: labels}  # as MONAI's trainer, before the forward
+        guidance = engine._guidance(model, images, labels)
+        if guidance is not None:
+            engine._denoiser_step(model, images, labels, model.priors(guidance))
+        # as MONAI's engines: decollation (decollate: true) and postprocessing run on this event
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
 
-        if engine.dcg_frozen():
-            output, guidance, loss_ce = engine._fixed_guidance(model, images, labels)
-        else:
-            output, guidance, loss_ce = engine._dcg_step(model, images, labels)
-            if loss_ce is None or engine.in_warmup():
-                return output
-            if engine.prior_mode == "eval":  # condition on the priors validation sees, not the batch-statistics ones
-                guidance = engine._eval_guidance(model, images)
-
-        saved_head = _snapshot(model.head) if engine.on_nonfinite == "skip" else []
-        loss_noise, loss_mmd = engine._diffusion_loss(model, images, labels, model.priors(guidance))
-        loss = loss_noise + engine.mmd_weight * loss_mmd
-        output.update(loss_noise=loss_noise.detach(), loss_mmd=loss_mmd.detach())
-        if not engine.finite(loss_noise=loss_noise, loss_mmd=loss_mmd):
-            _restore(saved_head)  # a DCG step of this iteration stays taken
-            return output
-        engine.backward_step(loss, engine.optimizer, clip=model.head.parameters())
-        model.update_ema()
-        output["lr_denoiser"] = engine.optimizer.param_groups[0]["lr"]
-        output[Keys.LOSS] = (loss_ce + loss).detach()
-        return output
-
-    def _fixed_guidance(
-        self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor]:
-        """The DCG outputs of a DCG that no longer trains: eval mode, as validation computes its priors.
+    def _guidance(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict | None:
+        """The DCG outputs the denoiser learns from in this iteration, after the DCG's own step while it trains.
 
         Returns:
-            the iteration's output so far, the DCG outputs and a zero cross-entropy.
+            the DCG outputs (logits and priors), or None when the denoiser takes no step: in the warm-up, or
+            when ``on_nonfinite: skip`` left the DCG step out.
         """
+        if self.dcg_frozen():
+            return self._fixed_guidance(model, images)
+        guidance = self._dcg_step(model, images, labels)
+        if guidance is None or self.in_warmup():
+            return None
+        if self.prior_mode == "eval":  # condition on the priors validation sees, not the batch-statistics ones
+            return self._eval_guidance(model, images)
+        return guidance
+
+    def _fixed_guidance(self, model: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The DCG outputs of a DCG that no longer trains: eval mode, as validation computes its priors. No step,
+        so no step events: the iteration's loss starts at a zero cross-entropy."""
         guidance = self._eval_guidance(model, images)
-        loss_ce = torch.zeros((), device=images.device)
-        output = {Keys.IMAGE: images, Keys.LABEL: labels, Keys.PRED: guidance["fused"], Keys.LOSS: loss_ce}
+        output = self.state.output
+        output[Keys.PRED] = guidance["fused"]
+        output[Keys.LOSS] = torch.zeros((), device=images.device)
         output["lr_dcg"] = 0.0
-        return output, guidance, loss_ce
+        return guidance
 
     def _eval_guidance(self, model: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The DCG's outputs in eval mode (running BatchNorm statistics) and without gradients: the priors that
@@ -243,85 +244,117 @@ class DiffMICTrainer(SupervisedTrainer):
         with torch.no_grad(), self.autocast():
             guidance = self.inferer(images, model.dcg)
         model.dcg.train()
-        return {k: v.float() if v.is_floating_point() else v for k, v in guidance.items()}
+        return _float32(guidance)
 
-    def _dcg_step(
-        self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor | None]:
+    def _dcg_step(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict | None:
         """One DCG cross-entropy step whose forward also gives the diffusion priors.
 
         Returns:
-            the iteration's output so far, the DCG outputs (logits and priors) and the cross-entropy
-            (None when it was not finite and ``on_nonfinite: skip`` left the step out).
+            the DCG outputs (logits and priors), or None when the cross-entropy was not finite and
+            ``on_nonfinite: skip`` left the step out.
         """
         # a skipped step must not leave its batch in the BatchNorm statistics either
         saved_dcg = _snapshot(model.dcg) if self.on_nonfinite == "skip" else []
         with self.autocast():
             guidance = self.inferer(images, self.dcg_network or model.dcg)
-        guidance = {k: v.float() if v.is_floating_point() else v for k, v in guidance.items()}
+        guidance = _float32(guidance)
+        output = self.state.output
+        output[Keys.PRED] = guidance["fused"].detach()
+        self.fire_event(IterationEvents.FORWARD_COMPLETED)
         # without the local stream the three logits are one tensor
         heads = self.dcg_loss_terms if model.dcg.use_local_stream else ("global",)
         loss_ce = sum(self.loss_function(guidance[k], labels) for k in heads)
-        output = {Keys.IMAGE: images, Keys.LABEL: labels, Keys.PRED: guidance["fused"].detach()}
         output["loss_ce"] = output[Keys.LOSS] = loss_ce.detach()
         output["lr_dcg"] = self.dcg_optimizer.param_groups[0]["lr"]
+        self.fire_event(IterationEvents.LOSS_COMPLETED)
         if not self.finite(loss_ce=loss_ce):
             _restore(saved_dcg)
-            return output, guidance, None
-        self.backward_step(loss_ce, self.dcg_optimizer)
-        return output, guidance, loss_ce
+            return None
+        self._backward(loss_ce, self.dcg_optimizer)
+        self._optimizer_step(self.dcg_optimizer)
+        return guidance
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """Mixed precision for the forward passes when ``amp`` is on (CUDA), else nothing."""
-        return torch.autocast("cuda", **self.amp_kwargs) if self.amp else contextlib.nullcontext()
-
-    def backward_step(self, loss: torch.Tensor, optimizer: Optimizer, clip=None) -> None:
-        """Backward and one step of ``optimizer``, through the gradient scaler under ``amp``; ``clip``: the
-        parameters whose gradient norm is clipped to ``grad_clip`` first (unscaled)."""
-        optimizer.zero_grad(set_to_none=self.optim_set_to_none)
-        scaler = self.scaler if self.amp else None
-        (scaler.scale(loss) if scaler else loss).backward()
-        if clip is not None and self.grad_clip is not None:
-            if scaler:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(clip, self.grad_clip)
-        if scaler:  # each optimizer has its own backward pass: step and update the scale per step
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-
-    def _diffusion_loss(
+    def _denoiser_step(
         self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, priors: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """MSE on the fused-prior stream and the summed MMD of the global and local streams.
+    ) -> None:
+        """One step of the encoder and denoiser on the diffusion loss (:attr:`diffusion_loss`), then the EMA update.
 
-        The regression target is the noise, or y0 with ``prediction_type: sample``.
+        The iteration's ``loss`` becomes the DCG's cross-entropy plus the diffusion loss, with its terms beside it.
+        """
+        # as for the DCG: a skipped step leaves the encoder's BatchNorm statistics as they were
+        saved_head = _snapshot(model.head) if self.on_nonfinite == "skip" else []
+        rows = self._denoise(model, images, labels, priors)
+        self.fire_event(IterationEvents.FORWARD_COMPLETED)
+        terms = self.diffusion_loss(**rows)
+        output = self.state.output
+        loss_dcg = output[Keys.LOSS]  # the DCG's cross-entropy; zero once the DCG is fixed
+        output.update(loss_noise=terms["loss_noise"].detach(), loss_mmd=terms["loss_mmd"].detach())
+        output[Keys.LOSS] = loss_dcg + terms["loss"].detach()
+        self.fire_event(IterationEvents.LOSS_COMPLETED)
+        if not self.finite(loss_noise=terms["loss_noise"], loss_mmd=terms["loss_mmd"]):
+            output[Keys.LOSS] = loss_dcg  # the iteration's loss is that of the steps it took
+            _restore(saved_head)  # a DCG step of this iteration stays taken
+            return
+        self._backward(terms["loss"], self.optimizer)
+        self._optimizer_step(self.optimizer, clip=model.head.parameters())
+        model.update_ema()
+        output["lr_denoiser"] = self.optimizer.param_groups[0]["lr"]
+
+    def _denoise(
+        self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, priors: dict[str, torch.Tensor]
+    ) -> dict:
+        """The denoiser's forward on noised labels: ``noise_draws`` (t, eps) draws per image, batched into one pass,
+        for each prior stream the diffusion loss reads.
+
+        Returns:
+            the diffusion loss's arguments: ``predicted`` (per stream, float32), ``target`` (the noise, or y0 with
+            ``prediction_type: sample``), and the fused ``prior`` and the ``labels`` of each row.
         """
         draws = self.noise_draws
         priors = {k: v.detach().repeat(draws, 1) for k, v in priors.items()}
         y0 = F.one_hot(labels, model.num_classes).float().repeat(draws, 1)
         t = torch.randint(0, model.diffusion.num_train_timesteps, (y0.shape[0],), device=y0.device)
         eps = torch.randn_like(y0)
-        streams = ("fused", "global", "local") if self.mmd_weight > 0 else ("fused",)
+        streams = self.diffusion_loss.streams
         y_t = torch.stack([model.diffusion.add_noise(y0, priors[k], eps, t) for k in streams])
         head = self.head_network or model.head
         with self.autocast():
             predicted = head(images, y_t, torch.stack([priors[k] for k in streams]), t)
-        output = dict(zip(streams, predicted.float(), strict=True))  # the losses in float32
-        target = model.diffusion.target(y0, eps)  # eps, or y0 for a denoiser that predicts the clean label
-        if self.prior_error_weight:
-            prior_true = priors["fused"].gather(1, labels.repeat(draws)[:, None]).squeeze(1)
-            weights = 1.0 + self.prior_error_weight * (1.0 - prior_true)
-            loss_noise = (weights * (output["fused"] - target).square().mean(1)).mean()
+        return {
+            "predicted": dict(zip(streams, predicted.float(), strict=True)),  # the losses in float32
+            "target": model.diffusion.target(y0, eps),
+            "prior": priors["fused"],
+            "labels": labels.repeat(draws),
+        }
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision for the forward passes when ``amp`` is on (CUDA), else nothing."""
+        return torch.autocast("cuda", **self.amp_kwargs) if self.amp else contextlib.nullcontext()
+
+    def _backward(self, loss: torch.Tensor, optimizer: Optimizer) -> None:
+        """The gradients of ``loss`` (scaled under ``amp``) for ``optimizer``'s parameters; fires BACKWARD_COMPLETED
+        as MONAI's trainer does, before the step."""
+        optimizer.zero_grad(set_to_none=self.optim_set_to_none)
+        (self.scaler.scale(loss) if self.amp else loss).backward()
+        self.fire_event(IterationEvents.BACKWARD_COMPLETED)
+
+    def _optimizer_step(self, optimizer: Optimizer, clip=None) -> None:
+        """One step of ``optimizer``, through the gradient scaler under ``amp``; ``clip``: the parameters whose
+        gradient norm is clipped to ``grad_clip`` first (unscaled)."""
+        if clip is not None and self.grad_clip is not None:
+            if self.amp:
+                self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(clip, self.grad_clip)
+        if self.amp:  # each optimizer has its own backward pass: step and update the scale per step
+            self.scaler.step(optimizer)
+            self.scaler.update()
         else:
-            loss_noise = F.mse_loss(output["fused"], target)
-        if self.mmd_weight == 0:
-            return loss_noise, torch.zeros_like(loss_noise)
-        loss_mmd = rbf_mmd(target, output["global"], self.mmd_bandwidths) + rbf_mmd(
-            target, output["local"], self.mmd_bandwidths
-        )
-        return loss_noise, loss_mmd
+            optimizer.step()
+
+
+def _float32(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The floating-point outputs in float32 (they may be float16 under ``amp``); the losses are computed in float32."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in outputs.items()}
 
 
 def _snapshot(module: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
