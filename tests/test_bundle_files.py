@@ -129,3 +129,15 @@ def test_the_zoo_exports_inference_yaml_alone_with_fake_weights(tmp_path):
     with torch.no_grad():
         out = exported(torch.rand(1, meta["inputs"]["image"]["num_channels"], *shape))
     assert out.shape == (1, meta["outputs"]["pred"]["num_channels"])
+
+
+def test_the_docs_readme_is_self_contained():
+    """The model zoo ships bundle/ alone: every relative link of docs/README.md (figures, benchmarks.md, the
+    licence) resolves to a file inside the bundle."""
+    docs = BUNDLE / "docs"
+    targets = re.findall(r"\]\(([^)#\s]+)", (docs / "README.md").read_text())
+    relative = [t for t in targets if "://" not in t]
+    assert relative, "no links found"
+    outside = [t for t in relative if BUNDLE.resolve() not in (docs / t).resolve().parents]
+    missing = [t for t in relative if not (docs / t).exists()]
+    assert not outside and not missing, (outside, missing)
