@@ -17,7 +17,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from scripts.handlers import PredictionReport, summary_line, variant_priors
+from scripts.handlers import PredictionReport, summary_line
 from scripts.metrics import (
     calibration_bins,
     classification_report,
@@ -25,6 +25,7 @@ from scripts.metrics import (
     macro_auc,
     uncertainty_report,
 )
+from scripts.variants import variant
 
 CLASSES = ["a", "b", "c", "d"]
 
@@ -122,8 +123,8 @@ def test_kappa_over_the_whole_split_is_written_not_the_per_batch_mean(tmp_path):
 VARIANT_PRIORS = [("basic", set()), ("C1", {"fused"}), ("full", {"fused", "global", "local"})]
 
 
-@pytest.mark.parametrize("variant, blocks", VARIANT_PRIORS)
-def test_metrics_report_only_the_priors_a_variant_computes(tmp_path, variant, blocks):
+@pytest.mark.parametrize("name, blocks", VARIANT_PRIORS)
+def test_metrics_report_only_the_priors_a_variant_computes(tmp_path, name, blocks):
     eye = torch.eye(2)
     batch = {
         "id": ["a", "b", "c", "d"],
@@ -134,7 +135,7 @@ def test_metrics_report_only_the_priors_a_variant_computes(tmp_path, variant, bl
         "agreement": torch.ones(4),
         "vote": torch.tensor([0, 1, 1, 0]),
     }
-    report_engine([batch], PredictionReport(str(tmp_path), ["x", "y"], priors=variant_priors(variant)))
+    report_engine([batch], PredictionReport(str(tmp_path), ["x", "y"], priors=variant(name).priors))
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert set(written["prior"]) == blocks
     assert (tmp_path / "calibration.png").exists()

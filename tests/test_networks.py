@@ -8,6 +8,7 @@ from monai.engines import IterationEvents
 from scripts.backbone import ResNetTrunk, load_backbone_weights
 from scripts.engine import DiffMICTrainer
 from scripts.network import DiffMIC
+from scripts.variants import VARIANTS
 
 SMALL_STEM = {"stem_kernel": 3, "stem_stride": 1, "stem_max_pool": False}
 
@@ -78,11 +79,12 @@ LABELS = torch.tensor([0, 1, 0, 1, 1, 0])
 
 def one_iteration(variant: str, prediction_type: str = "epsilon", head_forward=None) -> dict:
     """One joint-training iteration of an ablation variant (optionally with a planted head); the trainer's output."""
+    parts = VARIANTS[variant]
     net = tiny_net(
         in_channels=1,
         num_classes=2,
-        use_diffusion=variant != "basic",
-        use_local_stream=variant in ("C2", "full"),
+        use_diffusion=parts.use_diffusion,
+        use_local_stream=parts.use_local_stream,
         prediction_type=prediction_type,
     )
     if head_forward is not None:
@@ -99,7 +101,7 @@ def one_iteration(variant: str, prediction_type: str = "epsilon", head_forward=N
         loss_function=torch.nn.CrossEntropyLoss(),
         warmup_epochs=0,
         noise_draws=2,
-        mmd_weight=0.5 if variant == "full" else 0.0,
+        mmd_weight=0.5 if parts.use_mmd else 0.0,
         decollate=False,
     )
     trainer.run()

@@ -20,7 +20,7 @@ from .metrics import calibration_bins, classification_report, uncertainty_report
 from .results import report_written
 from .roi import normalized_saliency
 
-__all__ = ["PredictionReport", "SaliencyWriter", "summary_line", "variant_priors", "write_atomic"]
+__all__ = ["PredictionReport", "SaliencyWriter", "summary_line", "write_atomic"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +32,6 @@ PROBABILITY_RULE = (
 
 
 SUMMARY = (("accuracy", "ACC"), ("auc", "AUC"), ("macro_f1", "macro-F1"), ("kappa", "kappa"), ("ece", "ECE"))
-
-
-def variant_priors(variant: str) -> tuple[str, ...]:
-    """The priors an ablation variant computes, hence reports: ``basic`` is a classifier without one (its
-    prediction is the guidance model's), ``C1`` has the global stream only (its fused prior is the global one)."""
-    return {"basic": (), "C1": ("fused",)}.get(variant, tuple(PRIORS))
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -83,7 +77,7 @@ class PredictionReport:
         info: entries written beside the metrics (checkpoint, sampler, seed, split, ...).
         coverages: fractions of most certain images at which accuracy is reported.
         num_bins: confidence bins of the ECE and the reliability diagram.
-        priors: the priors the network computes (:func:`variant_priors`): only those get a metrics block.
+        priors: the priors the network computes (``scripts.variants.VARIANTS``): only those get a metrics block.
         ordinal: the classes are ordered grades: quadratic kappa is reported only then.
     """
 

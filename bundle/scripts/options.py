@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import yaml
 
+from .variants import VARIANTS
+
 __all__ = ["Option", "OPTIONS", "ConfigError", "check_config", "as_bool", "install_error_summary"]
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -164,7 +166,7 @@ DEPTH = Option("int", choices=(10, 18, 34, 50, 101, 152, 200))
 PATH = Option("str", nullable=True)
 
 OPTIONS: dict[str, Option] = {
-    "variant": Option("str", choices=("basic", "C1", "C2", "full")),
+    "variant": Option("str", choices=tuple(VARIANTS)),
     "image_size": Option("int", low=8),
     "batch_size": _positive(),
     "max_epochs": _positive(),
@@ -396,7 +398,7 @@ def _relations(parser, config: dict, run_id: str | None) -> list[str]:
 def _training_problems(config: dict) -> list[str]:
     problems = []
     epochs, warmup = config.get("max_epochs"), config.get("warmup_epochs")
-    diffusion = config.get("variant") != "basic"
+    diffusion = VARIANTS.get(config.get("variant"), VARIANTS["full"]).use_diffusion
     if diffusion and isinstance(epochs, int) and isinstance(warmup, int) and epochs <= warmup:
         problems.append(
             f"max_epochs ({epochs}) must exceed warmup_epochs ({warmup}): validation, model selection and "
