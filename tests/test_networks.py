@@ -6,7 +6,8 @@ from ignite.engine import Events
 from monai.engines import IterationEvents
 
 from scripts.backbone import ResNetTrunk, load_backbone_weights
-from scripts.engine import DiffMICTrainer
+from scripts.engine import DiffMICEvaluator, DiffMICTrainer
+from scripts.inferer import DiffMICInferer
 from scripts.network import DiffMIC
 from scripts.variants import VARIANTS
 
@@ -288,6 +289,19 @@ def test_handlers_on_monai_iteration_events_run_at_each_step_of_both_stages():
     assert torch.isclose(joint["loss"], joint["loss_ce"] + joint["loss_noise"] + 0.5 * joint["loss_mmd"])
     fixed = losses[3][0]
     assert "loss_ce" not in fixed and torch.isclose(fixed["loss"], fixed["loss_noise"] + 0.5 * fixed["loss_mmd"])
+
+
+def test_the_evaluator_fires_forward_and_model_completed_as_monais_does():
+    net = tiny_net(in_channels=1, num_classes=2).eval()
+    batch = {"image": torch.randn(3, 1, 24, 24), "label": LABELS[:3], "id": ["a", "b", "c"]}
+    inferer = DiffMICInferer(seed=0)
+    evaluator = DiffMICEvaluator(device="cpu", val_data_loader=[batch], network=net, inferer=inferer, decollate=False)
+    seen = []
+    for event in (IterationEvents.FORWARD_COMPLETED, IterationEvents.MODEL_COMPLETED):
+        evaluator.add_event_handler(event, lambda engine, e=event: seen.append((e, sorted(engine.state.output))))
+    evaluator.run()
+    assert [e for e, _ in seen] == [IterationEvents.FORWARD_COMPLETED, IterationEvents.MODEL_COMPLETED]
+    assert {"image", "label", "pred", "prior", "id"} <= set(seen[0][1])
 
 
 def test_ema_ramps_up_and_is_used_for_sampling():

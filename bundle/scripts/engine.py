@@ -405,6 +405,7 @@ class DiffMICEvaluator(SupervisedEvaluator):
         if labels is not None:
             output[Keys.LABEL] = labels.reshape(-1).long()
         engine.state.output = output
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)  # as MONAI's evaluator: handlers see the raw output
         engine.fire_event(IterationEvents.MODEL_COMPLETED)  # decollation and postprocessing, as in MONAI's engines
         return engine.state.output
 
