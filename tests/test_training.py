@@ -13,7 +13,7 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from sklearn.metrics import f1_score
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import BUNDLE, TINY, bundle_configs, ham_subset, require_data, train_workflow
+from conftest import BUNDLE, DATA_DIR, TINY, bundle_configs, ham_subset, require_data, train_workflow
 
 
 def test_training_writes_the_model_latest_checkpoint_and_tensorboard(trained_bundle):
@@ -191,3 +191,16 @@ def test_class_weights_and_balanced_sampler():
     assert abs(np.mean(drawn) - 0.5) < 0.05
     with pytest.raises(ValueError, match=r"class\(es\) \[2\] have no training image"):
         class_weights(items, 3)
+
+
+@pytest.mark.parametrize("variant, mmd_weight", [("C2", 0.0), ("full", 0.5)])
+def test_the_diffusion_loss_is_a_config_item_the_trainer_uses(tmp_path, variant, mmd_weight):
+    """train#diffusion_loss (a user may put another loss module there) reaches the trainer; C2 has no MMD."""
+    require_data("medmnist/breastmnist.npz")
+    parser = ConfigParser()
+    parser.read_config(bundle_configs("train", "data/breastmnist", "small"))
+    parser.update({"data_root": str(DATA_DIR), "bundle_root": str(BUNDLE), "variant": variant, **TINY})
+    parser.update({"output_dir": str(tmp_path / "eval"), "model_dir": str(tmp_path / "models")})
+    trainer = parser.get_parsed_content("train#trainer")
+    assert trainer.diffusion_loss is parser.get_parsed_content("train#diffusion_loss")
+    assert trainer.diffusion_loss.mmd_weight == mmd_weight

@@ -85,6 +85,9 @@ class DiffMICTrainer(SupervisedTrainer):
         dcg_network: the module the DCG steps call: ``network.dcg`` (None) or a DistributedDataParallel
             around it (configs/multi_gpu_train.yaml).
         head_network: likewise for ``network.head``, the encoder and denoiser.
+        diffusion_loss: the encoder and denoiser's loss, a module with :class:`~scripts.losses.DiffMICLoss`'s
+            call and ``streams`` (train.yaml's ``train#diffusion_loss``); None builds a DiffMICLoss from
+            ``mmd_weight``, ``mmd_bandwidths`` and ``prior_error_weight`` (ignored when a loss is given).
         other arguments: as :class:`monai.engines.SupervisedTrainer`.
     """
 
@@ -105,6 +108,7 @@ class DiffMICTrainer(SupervisedTrainer):
         dcg_loss_terms: Sequence[str] = ("global", "local", "fused"),
         dcg_network: torch.nn.Module | None = None,
         head_network: torch.nn.Module | None = None,
+        diffusion_loss: torch.nn.Module | None = None,
         **kwargs,
     ) -> None:
         if dcg_epochs is not None and dcg_epochs < warmup_epochs:
@@ -143,7 +147,7 @@ class DiffMICTrainer(SupervisedTrainer):
         self.warmup_epochs = warmup_epochs
         self.dcg_epochs = dcg_epochs
         self.noise_draws = noise_draws
-        self.diffusion_loss = DiffMICLoss(mmd_weight, mmd_bandwidths, prior_error_weight)
+        self.diffusion_loss = diffusion_loss or DiffMICLoss(mmd_weight, mmd_bandwidths, prior_error_weight)
         self.grad_clip = grad_clip
 
     def in_warmup(self) -> bool:
