@@ -570,3 +570,76 @@ def test_common_csv_appends_whole_rows_and_resumes_past_a_cut_row(tmp_path):
     assert common.recorded_keys(path, ["name", "setting"], missing="default") == {("a", "default"), ("c, d", "default")}
     with pytest.raises(SystemExit, match="other columns"):  # appending would misalign
         common.recorded_rows(path, ["name"])
+
+
+def test_test_selection_tiny_run_records_both_splits_per_joint_epoch(tmp_path):
+    """benchmarks/test_selection.py --tiny on BreastMNIST: a validation and a test row per joint epoch, resumable."""
+    require_data("medmnist/breastmnist.npz")
+    script = load_script("test_selection")
+    out = tmp_path / "ts.csv"
+    args = ["--tiny", "--datasets", "breastmnist", "--out", str(out), "--set", "progress_bar=false"]
+    summary = script.main(args)
+    rows = read_rows(out)
+    assert list(rows[0]) == script.FIELDS
+    # 1 warm-up epoch (no validation, as the bundle) and 2 joint epochs
+    assert [(r["epoch"], r["split"]) for r in rows] == [
+        ("2", "validation"),
+        ("2", "test"),
+        ("3", "validation"),
+        ("3", "test"),
+    ]
+    for r in rows:
+        assert r["key_metric_name"] == "macro_f1" and r["commit"] and r["device"]
+        assert all(0.0 <= float(r[m]) <= 1.0 for m in ("accuracy", "macro_f1", "auc", "prior_accuracy", "prior_auc"))
+    assert [(s["prediction"], s["selected_by"]) for s in summary] == [
+        ("denoised", "denoised"),
+        ("prior", "denoised"),
+        ("prior", "prior"),
+    ]
+    assert read_rows(tmp_path / "ts_summary.csv") == [{k: str(v) for k, v in s.items()} for s in summary]
+    script.main(args)  # trained: nothing again
+    assert read_rows(out) == rows
+
+
+def test_test_selection_summary_selects_by_validation_and_by_test_with_ties_to_the_earliest(tmp_path):
+    script = load_script("test_selection")
+    columns = {  # epochs 6-9 of one run; the first joint epoch need not be 1
+        ("validation", "macro_f1"): [0.5, 0.7, 0.7, 0.6],  # key metric: tie of 7 and 8 -> 7
+        ("validation", "accuracy"): [0.8, 0.8, 0.9, 0.9],  # tie of 8 and 9 -> 8
+        ("test", "accuracy"): [0.85, 0.7, 0.75, 0.85],  # the authors' pick: tie of 6 and 9 -> 6
+        ("validation", "prior_macro_f1"): [0.6, 0.6, 0.5, 0.5],  # -> 6
+        ("validation", "prior_accuracy"): [0.6, 0.7, 0.8, 0.8],  # -> 8
+        ("test", "prior_accuracy"): [0.6, 0.9, 0.65, 0.6],  # -> 7
+    }
+    rows = []
+    for i, epoch in enumerate(range(6, 10)):
+        for split in ("validation", "test"):
+            row = {f: "0.5" for f in script.FIELDS}
+            row.update(dataset="toy", seed="0", epoch=str(epoch), split=split, key_metric_name="macro_f1")
+            row.update({metric: str(v[i]) for (s, metric), v in columns.items() if s == split})
+            rows.append(row)
+    rows.append(dict(rows[0], epoch="10"))  # validation without its test row: not counted
+    summary = {(r["prediction"], r["selected_by"]): r for r in script.summarize(rows)}
+
+    d = summary[("denoised", "denoised")]
+    assert (d["val_key_epoch"], d["val_accuracy_epoch"], d["test_accuracy_epoch"], d["joint_epochs"]) == (7, 8, 6, 4)
+    assert float(d["inflation"]) == pytest.approx(0.85 - 0.7)
+    assert float(d["inflation_vs_val_accuracy"]) == pytest.approx(0.85 - 0.75)
+    assert d["last_epoch_test_accuracy"] == "0.85"
+    # the prior at the denoised prediction's epochs: what the bundle's model.pt / the authors' pick hold
+    p = summary[("prior", "denoised")]
+    assert (p["val_key_epoch"], p["test_accuracy_epoch"]) == (7, 6)
+    assert float(p["val_key_test_accuracy"]) == 0.9 and float(p["inflation"]) == pytest.approx(0.6 - 0.9)
+    # the prior's own selection
+    q = summary[("prior", "prior")]
+    assert (q["key_metric"], q["val_key_epoch"], q["val_accuracy_epoch"], q["test_accuracy_epoch"]) == (
+        "prior_macro_f1",
+        6,
+        8,
+        7,
+    )
+    assert float(q["inflation"]) == pytest.approx(0.9 - 0.6)
+    assert script.select_epoch([(3, float("nan")), (4, 0.2), (5, 0.2)]) == 4  # NaN never wins; ties: the earliest
+    assert "| toy | 0 | denoised | denoised (macro_f1) | 70.0 (ep 7) | 75.0 (ep 8) | 85.0 (ep 6) | +15.0 |" in (
+        script.markdown(list(summary.values()))
+    )
