@@ -573,6 +573,14 @@ def study_table(
     return markdown(header, rows)
 
 
+def test_selection_table(rows: list[dict[str, str]]) -> str:
+    """The authors' checkpoint selection on the test split against the bundle's on validation
+    (``test_selection.py``): the test accuracy each rule reports."""
+    from test_selection import markdown, summarize  # beside this script
+
+    return markdown(summarize(rows))
+
+
 def diagnostics_table(rows: list[dict[str, str]]) -> str:
     """What the denoiser adds to its prior (``diagnostics.py``): one row per run and split, S = 1."""
 
@@ -880,6 +888,7 @@ TABLES: dict[str, tuple[tuple[str | tuple[str, ...], ...], Callable[..., str]]] 
         functools.partial(study_table, settings=DIFFUSION_STUDY_SETTINGS, with_device=True),
     ),
     "diagnostics_cpu": (("diagnostics_cpu.csv",), diagnostics_table),
+    "test_selection_cpu": (("test_selection_cpu.csv",), test_selection_table),
     "paper_datasets_cpu": (
         ("paper_datasets_cpu.csv", "paper_datasets_cpu_predictions.csv.gz", "paper_datasets_cpu_curves.csv"),
         paper_datasets_table,
