@@ -133,7 +133,7 @@ def test_report_rebuilds_the_tables_from_the_committed_csvs(tmp_path):
     names += ["smallest_k_cpu", "evaluation_cpu", "speed_cpu", "study_cpu", "paper_datasets_cpu"]
     names += ["ablation_y0", "study_h100", "seeds", "fixed_prior_cpu"]
     names += ["evaluation_y0_cpu", "sampling_steps_y0_cpu", "smallest_k_y0_cpu", "learning_rate_cpu"]
-    names += ["diffusion_study_cpu", "diagnostics_cpu"]
+    names += ["diffusion_study_cpu", "diagnostics_cpu", "test_selection_cpu"]
     blocks = ["<!-- table:speed_h200 -->\nstale\n<!-- end -->"] + [f"<!-- table:{n} -->\n<!-- end -->" for n in names]
     page.write_text(f"intro\n{blocks[0]}\nmiddle\n" + "\n".join(blocks[1:]) + "\n")
     report = load_script("report")
