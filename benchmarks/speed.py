@@ -201,7 +201,7 @@ def describe(setting: Setting, device: torch.device) -> tuple[dict[str, Any], di
         "in_channels": int(parser["in_channels"]),
         "steps": reverse_steps(parser),
         "noise_draws": int(parser["noise_draws"]),
-        "mmd_weight": float(parser.get_parsed_content("train#trainer#mmd_weight")),
+        "mmd_weight": float(parser.get_parsed_content("train#diffusion_loss#mmd_weight")),
     }
     return columns, info
 
