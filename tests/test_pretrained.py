@@ -209,3 +209,22 @@ def test_small_recipe_stays_from_scratch_without_normalisation():
     assert parser["dcg_pretrained"] is None and parser["input_normalization"] is None
     assert parser["global_depth"] == parser["local_depth"] == 18
     assert parser.get_parsed_content("dcg_pretrained_files") == {}
+
+
+def test_the_pretrained_switches_as_typed_on_the_command_line(tmp_path):
+    """`--dcg_pretrained imagenet` fetches weights as the first step of training (here refused before any data is
+    read: no ImageNet file exists for the tests' depth-10 trunks); `--dcg_pretrained null` and
+    `--input_normalization null` arrive as strings and mean None: the DCG trains from scratch."""
+    from test_user_input import TRAINING, cli, last_error, tiny
+
+    args = tiny(tmp_path)
+    at = args.index("--dcg_pretrained")  # the tests' recipe sets it (None); here the command line does
+    args = args[:at] + args[at + 2 :] + ["--pretrained_cache", str(tmp_path / "cache")]
+    error = last_error(cli("training", TRAINING, *args, "--dcg_pretrained", "imagenet"))
+    assert "ImageNet weights exist here for ResNet depths [18, 50], not [10]" in error
+    assert not (tmp_path / "models").exists() and not (tmp_path / "cache").exists()
+
+    scratch = ["--dcg_pretrained", "null", "--input_normalization", "null"]
+    done = cli("training", TRAINING, *args, *scratch, "--progress_bar", "false")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "models" / "model.pt").is_file() and not (tmp_path / "cache").exists()

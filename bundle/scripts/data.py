@@ -11,6 +11,7 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from difflib import get_close_matches
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -420,16 +421,22 @@ def layout_class_names(
     raise ValueError(f"layout must be 'folders', 'csv' or 'datalist_json', got {layout!r}")
 
 
+class SplitRule(NamedTuple):
+    """How a layout's missing splits are carved, and where the split is saved (the layouts' common arguments)."""
+
+    val_fraction: float
+    seed: int
+    test_fraction: float
+    split_seed: int
+    split_file: str | None
+
+
 def _assign(
     records: list[tuple[dict, str | None, str | None]],
     problems: list[str],
     dataset_dir: str,
     class_names: Sequence[str],
-    val_fraction: float,
-    seed: int,
-    test_fraction: float,
-    split_seed: int,
-    split_file: str | None,
+    rule: SplitRule,
     strict: bool,
     left_out: set[str] = frozenset(),
 ) -> dict[str, list]:
@@ -442,6 +449,7 @@ def _assign(
     ids = [item["id"] for item, _, _ in records]
     clashes = [i for i, n in Counter(ids).items() if n > 1]
     problems += [f"{dataset_dir}: several images have the id {i!r} (e.g. a.png and a.jpg)" for i in clashes]
+    val_fraction, seed, test_fraction, split_seed, split_file = rule
     saved = _read_split_file(split_file)
     out: dict[str, list] = {"train": [], "validation": [], "test": []}
     if saved is not None:
@@ -558,9 +566,8 @@ def class_folder_datalists(
         for folder, n in sorted(unknown.items())
     ]
     problems += [f"{path}: not in a class folder (<class>/... or <split>/<class>/...)" for path in loose]
-    return _assign(
-        records, problems, dataset_dir, list(index), val_fraction, seed, test_fraction, split_seed, split_file, strict
-    )
+    rule = SplitRule(val_fraction, seed, test_fraction, split_seed, split_file)
+    return _assign(records, problems, dataset_dir, list(index), rule, strict)
 
 
 def _labelled(label, index: dict, where: str, problems: list[str]) -> int | None:
@@ -623,19 +630,8 @@ def labels_csv_datalists(
             continue
         group = (row.get("group") or "").strip() or None
         records.append(({**item, "label": label}, SPLIT_NAMES.get(split), group))
-    return _assign(
-        records,
-        problems,
-        dataset_dir,
-        list(index),
-        val_fraction,
-        seed,
-        test_fraction,
-        split_seed,
-        split_file,
-        strict,
-        left_out,
-    )
+    rule = SplitRule(val_fraction, seed, test_fraction, split_seed, split_file)
+    return _assign(records, problems, dataset_dir, list(index), rule, strict, left_out)
 
 
 def datalist_json_datalists(
@@ -676,19 +672,8 @@ def datalist_json_datalists(
                 continue
             group = row.get("group")
             records.append(({**item, "label": label}, split, None if group is None else str(group)))
-    return _assign(
-        records,
-        problems,
-        dataset_dir,
-        list(index),
-        val_fraction,
-        seed,
-        test_fraction,
-        split_seed,
-        split_file,
-        strict,
-        left_out,
-    )
+    rule = SplitRule(val_fraction, seed, test_fraction, split_seed, split_file)
+    return _assign(records, problems, dataset_dir, list(index), rule, strict, left_out)
 
 
 def save_split(

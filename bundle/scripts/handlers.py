@@ -17,7 +17,7 @@ from monai.data import decollate_batch
 
 from .figures import calibration_figure, confusion_figure, saliency_figure, save_figure
 from .metrics import calibration_bins, classification_report, uncertainty_report
-from .results import report_written
+from .results import EVALUATION, report_written
 from .roi import normalized_saliency
 
 __all__ = ["PredictionReport", "SaliencyWriter", "summary_line", "write_atomic"]
@@ -192,7 +192,7 @@ class PredictionReport:
             fused = self.labels_and_scores("fused")[1]
             curves["DCG prior"] = (calibration_bins(fused, labels, self.num_bins), report["prior"]["fused"]["ece"])
         save_figure(calibration_figure(curves), os.path.join(self.output_dir, "calibration.png"))
-        report_written(self.output_dir, ["metrics.json", "predictions.csv", "confusion_matrix.png", "calibration.png"])
+        report_written(self.output_dir, [name for name in EVALUATION if name != "saliency"])  # SaliencyWriter's
 
 
 def summary_line(report: dict, split: str | None = None) -> str:
