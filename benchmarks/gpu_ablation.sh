@@ -9,7 +9,8 @@
 #   4. a prior that stops training (dcg_epochs) at the warm-up's end, 3 seeds, and after 10 epochs, one seed;
 #   5. the encoder and denoiser at a third of the learning rate (lr_denoiser 0.0003), 3 seeds;
 #   6. the diffusion study of docs/benchmarks.md: eval-mode priors and the prior-error weighting of the denoising
-#      loss (3 seeds each), the authors' DCG objective, and the three together (one seed each).
+#      loss (3 seeds each), the authors' DCG objective, and the three together (one seed each);
+#   7. study 3: basic and full (y0) on MedMNIST v2's schedule, 100 epochs, 3 seeds each.
 # A job's --setting NAME gives the config overrides of benchmarks/settings/NAME.yaml (train_evaluate.py merges it).
 # Every line below is one train_evaluate.py job with its own folder; JOBS of them run at once (a 28 px run is
 # launch-bound and leaves the GPU mostly idle). Each job's training stops EVAL_SECONDS before LIMIT (at the end
@@ -21,7 +22,8 @@
 # (1-24) ran the noise target: EXTRA_ARGS="--set prediction_type=epsilon" reruns those as they ran.
 # EXTRA_ARGS adds arguments to every job (e.g. "--tiny --datasets breastmnist" for a dry run on a CPU).
 # PART=ablation runs only the ablation's jobs (1-12), PART=study only the study's (13-28), PART=seeds 29-36,
-# PART=y0 37-40, PART=fixed_prior 41-48, PART=learning_rate 49-54, PART=diffusion_study 55-70; all by default. PART may also list job numbers, started in that order
+# PART=y0 37-40, PART=fixed_prior 41-48, PART=learning_rate 49-54, PART=diffusion_study 55-70,
+# PART=medmnist_schedule 71-78; all by default. PART may also list job numbers, started in that order
 # (e.g. PART="25 26 29 19").
 set -u
 : "${OUT:?set OUT to the results folder}"
@@ -111,6 +113,14 @@ jobs() {
 --datasets breastmnist $study --setting y0_authors_dcg
 --datasets retinamnist $study --setting y0_all3
 --datasets breastmnist $study --setting y0_all3
+--datasets retinamnist --variant basic --seeds 0 1 2 $both --no-tsne --setting basic_medmnist
+--datasets breastmnist --variant basic --seeds 0 1 2 $both --no-tsne --setting basic_medmnist
+--datasets retinamnist $both --no-tsne --seeds 0 --setting y0_medmnist
+--datasets retinamnist $both --no-tsne --seeds 1 --setting y0_medmnist
+--datasets retinamnist $both --no-tsne --seeds 2 --setting y0_medmnist
+--datasets breastmnist $both --no-tsne --seeds 0 --setting y0_medmnist
+--datasets breastmnist $both --no-tsne --seeds 1 --setting y0_medmnist
+--datasets breastmnist $both --no-tsne --seeds 2 --setting y0_medmnist
 EOF
 }
 case "${PART:-all}" in
@@ -121,8 +131,9 @@ case "${PART:-all}" in
   fixed_prior) picked=$(seq 41 48) ;;
   learning_rate) picked=$(seq 49 54) ;;
   diffusion_study) picked=$(seq 55 70) ;;
-  all) picked=$(seq 1 70) ;;
-  *[!0-9\ ]* | "") echo "PART must be ablation, study, seeds, y0, fixed_prior, learning_rate, diffusion_study, all or job numbers, not ${PART}" >&2; exit 2 ;;
+  medmnist_schedule) picked=$(seq 71 78) ;;
+  all) picked=$(seq 1 78) ;;
+  *[!0-9\ ]* | "") echo "PART must be ablation, study, seeds, y0, fixed_prior, learning_rate, diffusion_study, medmnist_schedule, all or job numbers, not ${PART}" >&2; exit 2 ;;
   *) picked=$PART ;;
 esac
 

@@ -71,6 +71,8 @@ FIELDS = [
     "accuracy_at_50",
     "accuracy_at_80",
     "accuracy_at_90",
+    "disagreement_error_auroc",
+    "prior_entropy_error_auroc",
     "prior_accuracy",
     "prior_macro_f1",
     "prior_auc",
@@ -132,6 +134,9 @@ def metrics_row(report: dict) -> dict:
     row.update({f"accuracy_at_{int(float(c) * 100)}": v for c, v in entropy["accuracy_at_coverage"].items()})
     fused = prior.get("fused", {})
     row.update({f"prior_{k}": fused.get(k, nan) for k in ("accuracy", "macro_f1", "auc", "kappa", "ece")})
+    disagreement = d["uncertainty"].get("disagreement") or {}  # one sample: no disagreement
+    row["disagreement_error_auroc"] = disagreement.get("error_auroc", nan)
+    row["prior_entropy_error_auroc"] = fused.get("uncertainty", {}).get("entropy", {}).get("error_auroc", nan)
     row["prior_global_accuracy"] = prior.get("global", {}).get("accuracy", nan)
     row["prior_local_accuracy"] = prior.get("local", {}).get("accuracy", nan)
     return row

@@ -489,10 +489,7 @@ def test_gpu_ablation_runs_a_picked_job_in_tiny_mode_and_packs_its_results(tmp_p
     assert "work/job70/results.csv" in names and not any("/models" in n for n in names)
 
     bad = subprocess.run(["bash", script], cwd=REPO, env=dict(env, PART="y1"), capture_output=True, text=True)
-    assert (
-        bad.returncode == 2
-        and "PART must be ablation, study, seeds, y0, fixed_prior, learning_rate, diffusion_study, all" in bad.stderr
-    )
+    assert bad.returncode == 2 and "learning_rate, diffusion_study, medmnist_schedule, all or job numbers" in bad.stderr
 
 
 # the `--set` of each `--setting` in gpu_ablation.sh before the settings became files (commit 3868c2c)
@@ -513,6 +510,8 @@ GPU_ABLATION_SETTINGS = {
     "y0_authors_dcg": "dcg_loss_terms=fused dcg_amsgrad=true",
     "y0_all3": "prior_mode=eval prior_error_weight=10 dcg_loss_terms=fused dcg_amsgrad=true",
 }
+MEDMNIST_SCHEDULE = dict(max_epochs=100, batch_size=128, lr_dcg=0.001, dcg_lr_milestones=[50, 75])
+NEW_SETTINGS = {"basic_medmnist": MEDMNIST_SCHEDULE, "y0_medmnist": MEDMNIST_SCHEDULE}  # never passed by --set
 
 
 def test_settings_files_give_the_overrides_gpu_ablation_passed():
@@ -520,7 +519,10 @@ def test_settings_files_give_the_overrides_gpu_ablation_passed():
     gpu_ablation.sh's `--set` gave, and every --setting of the script now has its file and no --set of its own."""
     common = load_script("common")
     files = sorted(p.stem for p in common.SETTINGS.glob("*.yaml"))
-    assert files == sorted(GPU_ABLATION_SETTINGS)
+    assert files == sorted([*GPU_ABLATION_SETTINGS, *NEW_SETTINGS])
+    for name, expected in NEW_SETTINGS.items():
+        assert (common.SETTINGS / f"{name}.yaml").read_text().startswith(f"# {name}: "), name
+        assert common.setting_overrides(name) == expected
     for name, old in GPU_ABLATION_SETTINGS.items():
         assert (common.SETTINGS / f"{name}.yaml").read_text().startswith(f"# {name}: "), name  # what it tests
         expected = dict(common.parse_override(t) for t in old.split())
@@ -529,9 +531,10 @@ def test_settings_files_give_the_overrides_gpu_ablation_passed():
         assert " ".join(common.override_text(k, v) for k, v in overrides.items()) == old
     jobs = (REPO / "benchmarks" / "gpu_ablation.sh").read_text().split("<<EOF\n", 1)[1].split("\nEOF\n", 1)[0]
     jobs = jobs.splitlines()
-    assert len(jobs) == 70
+    assert len(jobs) == 78
     named = [line.split(" --setting ", 1)[1] for line in jobs if " --setting " in line]
-    assert len(named) == 58 and set(named) == set(GPU_ABLATION_SETTINGS) and not any("--set " in j for j in jobs)
+    assert len(named) == 66 and set(named) == set(files) and not any("--set " in j for j in jobs)
+    assert all("--variant basic" in j for j in jobs if "basic_medmnist" in j)
 
 
 def test_train_evaluate_merges_the_setting_file_under_set():

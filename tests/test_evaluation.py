@@ -78,8 +78,15 @@ def test_evaluation_writes_every_metric_table_and_figure(evaluation, trained_bun
         "vote_label",
         "vote_agreement",
         "prior_label",
+        "prior_prob_malignant",
+        "prior_prob_normal_or_benign",
     ]
     accuracy = np.mean([r["true_label"] == r["predicted_label"] for r in rows])
+    prior = np.array([[float(r["prior_prob_malignant"]), float(r["prior_prob_normal_or_benign"])] for r in rows])
+    assert np.allclose(prior.sum(1), 1.0, atol=1e-5)
+    prior_labels = np.array(["malignant", "normal_or_benign"])[prior.argmax(1)]
+    prior_accuracy = np.mean([r["true_label"] == label for r, label in zip(rows, prior_labels, strict=True)])
+    assert prior_accuracy == pytest.approx(report["prior"]["fused"]["accuracy"])
     assert accuracy == pytest.approx(denoised["accuracy"])
     probs = np.array([[float(r["prob_malignant"]), float(r["prob_normal_or_benign"])] for r in rows])
     assert np.allclose(probs.sum(1), 1.0, atol=1e-5)

@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow
+from torch.optim.lr_scheduler import MultiStepLR
 
 from conftest import BUNDLE, TINY, bundle_configs, require_data
 from scripts.checkpoint import AtomicDiskSaver, latest_checkpoint, resume_training
@@ -83,7 +84,8 @@ def test_killed_training_resumes_to_the_uninterrupted_result(trained_bundle, tmp
 
 def test_latest_checkpoint_is_plain_tensors_with_every_state(trained_bundle):
     checkpoint = torch.load(latest_checkpoint(str(trained_bundle["dir"] / "models")), weights_only=True)
-    assert set(checkpoint) == {"network", "optimizer", "dcg_optimizer", "lr_scheduler", "trainer", "selection"}
+    states = {"network", "optimizer", "dcg_optimizer", "lr_scheduler", "dcg_lr_scheduler", "trainer", "selection"}
+    assert set(checkpoint) == states
     assert checkpoint["trainer"]["iteration"] == 3 * checkpoint["trainer"]["epoch_length"] == 3 * 17  # 3 epochs
     assert any(k.startswith("ema.") for k in checkpoint["network"])  # the EMA head and its update count
     assert checkpoint["selection"]["best_metric_epoch"] in (2, 3)  # validation runs on the joint epochs only
@@ -121,3 +123,26 @@ def test_a_new_training_does_not_write_over_an_old_one(tmp_path):
     FolderLock(str(models)).release()
     with pytest.raises(FileNotFoundError, match="nothing.pt not found"):
         resume_training(None, {}, str(models), resume_from=str(models / "nothing.pt"))
+
+
+def test_a_checkpoint_from_before_the_dcg_schedule_resumes_only_while_the_rate_is_constant(tmp_path):
+    """Checkpoints of bundle 0.4.0 lack ``dcg_lr_scheduler``: they resume while ``dcg_lr_milestones`` is empty
+    (the schedule never changes a rate), and a schedule that would is refused, naming the missing state."""
+    from ignite.engine import Engine
+
+    models = tmp_path / "models"
+    models.mkdir()
+    trainer = Engine(lambda engine, batch: None)
+    trainer.run([0, 1], max_epochs=2)
+    torch.save({"trainer": trainer.state_dict()}, models / "latest_checkpoint_epoch=2.pt")
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-3)
+
+    def objects(milestones):
+        return {"trainer": Engine(lambda e, b: None), "dcg_lr_scheduler": MultiStepLR(optimizer, milestones)}
+
+    resumed = objects([])
+    assert resume_training(resumed["trainer"], resumed, str(models), resume=True).endswith("epoch=2.pt")
+    assert resumed["trainer"].state.epoch == 2
+    FolderLock(str(models)).release()
+    with pytest.raises(ValueError, match=r"lacks \['dcg_lr_scheduler'\]"):
+        resume_training(Engine(lambda e, b: None), objects([50, 75]), str(models), resume=True)

@@ -157,12 +157,19 @@ def test_cli_training_smoke(tmp_path):
         "10",
         "--local_depth",
         "10",
+        "--lr_dcg",
+        "0.001",
+        "--dcg_lr_milestones",
+        "[1]",  # the DCG's rate x0.1 after epoch 1, as a user types the list
     ]
     env = dict(os.environ, DIFFMIC_DATA_DIR=str(data_dir))
     done = subprocess.run(args, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "models" / "model.pt").is_file()
     assert "Key metric: macro_f1 best value" in done.stderr + done.stdout
+    latest = torch.load(tmp_path / "models" / "latest_checkpoint_epoch=2.pt", weights_only=True)
+    assert latest["dcg_lr_scheduler"]["milestones"] == {1: 1}
+    assert [g["lr"] for g in latest["dcg_optimizer"]["param_groups"]] == [pytest.approx(1e-4)]
 
 
 def test_medmnist_download_is_checked_and_atomic(tmp_path):

@@ -242,6 +242,11 @@ def _horizon(scheduler: object) -> dict:
     )
 
 
+def _inert(obj: object) -> bool:
+    """A step LR schedule without milestones: it never changes a rate, so a checkpoint may lack it."""
+    return isinstance(obj, torch.optim.lr_scheduler.MultiStepLR) and not obj.milestones
+
+
 def resume_training(
     trainer: Engine,
     objects: dict,
@@ -297,6 +302,9 @@ def resume_training(
         return None
     checkpoint = load_checkpoint(path, map_location="cpu")
     absent = [name for name in objects if name not in checkpoint]
+    inert = [name for name in absent if _inert(objects[name])]  # e.g. a constant DCG rate, before it had a schedule
+    objects = {name: obj for name, obj in objects.items() if name not in inert}
+    absent = [name for name in absent if name not in inert]
     if absent:
         raise ValueError(f"{path} lacks {absent}: not a latest checkpoint of this bundle's training")
     for name, obj in objects.items():

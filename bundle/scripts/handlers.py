@@ -65,7 +65,8 @@ class PredictionReport:
 
     - ``predictions.csv``: one row per image: ``id``, ``true_label`` (when labels exist),
       ``predicted_label``, ``prob_<class>`` per class, ``entropy`` (nats), ``vote_label`` and
-      ``vote_agreement`` of the samples, ``prior_label`` (the DCG's fused prior alone);
+      ``vote_agreement`` of the samples, ``prior_label`` and ``prior_prob_<class>`` (the DCG's fused
+      prior alone: the ranking, the second view and the uncertainty baseline the benchmarks compare with);
     - with labels: ``metrics.json`` (the denoised prediction's metrics, the same for each prior in
       ``priors``, uncertainty metrics, and ``info``), ``confusion_matrix.png`` and ``calibration.png``.
 
@@ -135,6 +136,8 @@ class PredictionReport:
             row["vote_label"] = self.class_names[r["vote"]]
             row["vote_agreement"] = f"{r.get('agreement', 1.0):.4f}"
             row["prior_label"] = self.class_names[int(r["prior"]["fused"].argmax())]
+            prior = zip(self.class_names, r["prior"]["fused"].tolist(), strict=True)
+            row.update({f"prior_prob_{name}": f"{p:.6f}" for name, p in prior})
             rows.append(row)
         return rows
 
