@@ -71,6 +71,9 @@ FIELDS = [
     "accuracy_at_50",
     "accuracy_at_80",
     "accuracy_at_90",
+    "auc_tied_pairs",
+    "auc_label_mean",
+    "auc_then_prior",
     "disagreement_error_auroc",
     "prior_entropy_error_auroc",
     "prior_accuracy",
@@ -134,6 +137,10 @@ def metrics_row(report: dict) -> dict:
     row.update({f"accuracy_at_{int(float(c) * 100)}": v for c, v in entropy["accuracy_at_coverage"].items()})
     fused = prior.get("fused", {})
     row.update({f"prior_{k}": fused.get(k, nan) for k in ("accuracy", "macro_f1", "auc", "kappa", "ece")})
+    ranking = d.get("ranking", {})  # evaluations before the ranking block: none
+    row["auc_tied_pairs"] = ranking.get("probabilities", {}).get("tied_pairs", nan)
+    row["auc_label_mean"] = ranking.get("label_mean", {}).get("auc", nan)
+    row["auc_then_prior"] = ranking.get("probabilities_then_prior", {}).get("auc", nan)
     disagreement = d["uncertainty"].get("disagreement") or {}  # one sample: no disagreement
     row["disagreement_error_auroc"] = disagreement.get("error_auroc", nan)
     row["prior_entropy_error_auroc"] = fused.get("uncertainty", {}).get("entropy", {}).get("error_auroc", nan)

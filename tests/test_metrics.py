@@ -23,6 +23,7 @@ from scripts.metrics import (
     classification_report,
     expected_calibration_error,
     macro_auc,
+    tied_pair_fraction,
     uncertainty_report,
 )
 from scripts.variants import variant
@@ -79,6 +80,25 @@ def test_uncertainty_report_on_a_planted_case():
     assert report["error_auroc"] == 1.0
     assert report["accuracy_at_coverage"] == {"0.5": 1.0, "0.8": 0.75}  # 3 and 4 most certain images
     assert uncertainty_report(probs, torch.tensor([0, 0, 0, 1, 0]), uncertainty)["error_auroc"] is None
+
+
+def test_ranking_scores_of_the_denoised_prediction_on_a_planted_case(tmp_path):
+    """Clipped probabilities of exact zeros and ones tie; the unclipped label mean and the prior break the ties."""
+    labels = torch.tensor([1, 1, 0, 0])
+    probs = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # 2 of the 4 (pos, neg) pairs tie
+    assert tied_pair_fraction(probs, labels) == 0.5 and macro_auc(probs, labels) == 0.5
+    samples = torch.tensor([[-0.2, 1.2], [0.9, 0.3], [-0.1, 1.1], [1.3, -0.4]])  # one sample each: clips to probs
+    prior = torch.tensor([[0.3, 0.7], [0.4, 0.6], [0.45, 0.55], [0.8, 0.2]])
+    batch = {"id": list("abcd"), "pred": probs, "label": labels, "denoised": samples.unsqueeze(1)}
+    batch |= {"prior": prior, "prior_global": prior, "prior_local": prior, "vote": probs.argmax(1)}
+    batch |= {"entropy": torch.zeros(4), "agreement": torch.ones(4)}
+    report_engine([batch], PredictionReport(str(tmp_path), ["x", "y"]))
+    ranking = json.loads((tmp_path / "metrics.json").read_text())["denoised"]["ranking"]
+    assert ranking["probabilities"] == {"auc": 0.5, "tied_pairs": 0.5}
+    # label mean, class y: positives 1.2, 0.3 against negatives 1.1, -0.4: 3 of 4 pairs right, none tied
+    assert ranking["label_mean"] == {"auc": 0.75, "tied_pairs": 0.0}
+    # ties broken by the prior's y: (1.0 + 0.7e-9 > 1.0 + 0.55e-9) right, (0 + 0.6e-9 > 0 + 0.2e-9) right
+    assert ranking["probabilities_then_prior"] == {"auc": 0.75, "tied_pairs": 0.0}
 
 
 def report_engine(batches: list[dict], handler: PredictionReport) -> Engine:

@@ -16,7 +16,7 @@ from ignite.engine import Engine, Events
 from monai.data import decollate_batch
 
 from .figures import calibration_figure, confusion_figure, saliency_figure, save_figure
-from .metrics import calibration_bins, classification_report, uncertainty_report
+from .metrics import calibration_bins, classification_report, ranking_report, uncertainty_report
 from .results import EVALUATION, report_written
 from .roi import normalized_saliency
 
@@ -117,6 +117,8 @@ class PredictionReport:
             record["prior"] = {k: torch.as_tensor(item[f"prior{s}"]).double().cpu() for k, s in PRIORS.items()}
             record.update({k: _as_float(item[k]) for k in ("entropy", "agreement") if k in item})
             record["samples"] = int(torch.as_tensor(item["denoised"]).shape[0]) if "denoised" in item else 1
+            denoised = torch.as_tensor(item["denoised"]).double().cpu() if "denoised" in item else None
+            record["label_mean"] = denoised.mean(0) if denoised is not None else record["probs"]  # unclipped
             record["vote"] = int(item["vote"]) if "vote" in item else int(record["probs"].argmax())
             if item.get("label") is not None:
                 record["label"] = int(_as_float(item["label"]))
@@ -147,6 +149,15 @@ class PredictionReport:
         scores = torch.stack([r["prior"][prior] if prior else r["probs"] for r in self.records])
         return labels, scores
 
+    def rankings(self, labels: torch.Tensor, probs: torch.Tensor) -> dict:
+        """AUC and tied pairs of three scores of the denoised prediction (which one ranks best is chosen on
+        the validation split, docs/benchmarks.md): the clipped, renormalised probabilities; the unclipped
+        mean label vector of the samples; the probabilities with ties broken by the fused prior."""
+        candidates = {"probabilities": probs, "label_mean": torch.stack([r["label_mean"] for r in self.records])}
+        if "fused" in self.priors:
+            candidates["probabilities_then_prior"] = probs + 1e-9 * self.labels_and_scores("fused")[1]
+        return {name: ranking_report(scores, labels) for name, scores in candidates.items()}
+
     def metrics(self) -> dict:
         """metrics.json's content (labels needed)."""
         labels, probs = self.labels_and_scores()
@@ -160,6 +171,7 @@ class PredictionReport:
             "entropy": uncertainty_report(probs, labels, entropy, self.coverages),
             "disagreement": uncertainty_report(probs, labels, disagreement, self.coverages) if several else None,
         }
+        denoised["ranking"] = self.rankings(labels, probs)
         prior = {}
         for name in self.priors:
             scores = self.labels_and_scores(name)[1]

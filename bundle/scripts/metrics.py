@@ -32,6 +32,8 @@ __all__ = [
     "macro_f1",
     "quadratic_kappa",
     "macro_auc",
+    "tied_pair_fraction",
+    "ranking_report",
     "calibration_bins",
     "expected_calibration_error",
     "classification_report",
@@ -88,6 +90,28 @@ def macro_auc(y_pred, y) -> float:
     if scores.shape[1] == 2:
         return float(roc_auc_score(truth, scores[:, 1]))
     return float(np.mean([roc_auc_score(truth == c, scores[:, c]) for c in present]))
+
+
+def tied_pair_fraction(y_pred, y) -> float:
+    """The share of (positive, negative) image pairs whose scores tie, averaged like :func:`macro_auc`: a tied
+    pair counts half in an AUC, so many ties blunt a ranking (the clipped denoised probabilities of a
+    confident denoiser are exact zeros and ones)."""
+    scores, truth = _numpy(y_pred, y)
+    present = np.unique(truth)
+    if len(present) < 2:
+        return math.nan
+    classes = [1] if scores.shape[1] == 2 else present
+    shares = []
+    for c in classes:
+        positive, negative = scores[truth == c, c], scores[truth != c, c]
+        shares.append(float((positive[:, None] == negative[None, :]).mean()))
+    return float(np.mean(shares))
+
+
+def ranking_report(y_pred, y) -> dict:
+    """How well one score ranks the images: ``auc`` (:func:`macro_auc`) and ``tied_pairs``
+    (:func:`tied_pair_fraction`), JSON-ready."""
+    return {"auc": _finite(macro_auc(y_pred, y)), "tied_pairs": _finite(tied_pair_fraction(y_pred, y))}
 
 
 def calibration_bins(y_pred, y, num_bins: int = 15) -> dict[str, np.ndarray]:
