@@ -21,7 +21,7 @@ import statistics
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -694,6 +694,25 @@ def seeds_table(metrics: list[dict[str, str]]) -> str:
     return markdown(header, rows) + f"\n\nMean validation ACC over both datasets, S = 1 and 10, all seeds: {ranking}."
 
 
+def panels(rows: int, columns: int) -> tuple[Any, Any]:
+    """A figure of rows x columns panels sharing their x axes, 5 x 3.25 inches each."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5 * columns, 3.25 * rows), layout="constrained")
+    return fig, fig.subplots(rows, columns, sharex=True, squeeze=False)
+
+
+def write(path: Path, content: Any) -> None:
+    """A page's text or a figure's PNG, written to ``<path>.partial`` and renamed: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    if isinstance(content, str):
+        partial.write_text(content)
+    else:
+        content.savefig(partial, format="png", dpi=110)
+    partial.replace(path)
+
+
 def draw_curves(curves: Sequence[dict[str, str]], path: Path, settings: Sequence[str] = ("default",)) -> None:
     """Validation ACC and AUC of the denoised prediction and of the DCG prior against epoch (``full``, seeds 0-2).
 
@@ -704,13 +723,7 @@ def draw_curves(curves: Sequence[dict[str, str]], path: Path, settings: Sequence
         path: the PNG file.
         settings: the runs' settings (``train_evaluate.py --setting``), named in the legend when more than one.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 6.5), layout="constrained")
-    axes = fig.subplots(2, len(DATASETS), sharex=True, squeeze=False)
+    fig, axes = panels(2, len(DATASETS))
     for column, (dataset, name) in enumerate(DATASETS.items()):
         for row, (metric, label) in enumerate((("accuracy", "validation ACC"), ("auc", "validation AUC"))):
             ax = axes[row][column]
@@ -731,10 +744,7 @@ def draw_curves(curves: Sequence[dict[str, str]], path: Path, settings: Sequence
     axes[0][0].legend(fontsize="small", ncol=2)
     recipe = "small recipe" if settings == ("default",) else f"small recipe, {', '.join(settings)}"
     fig.suptitle(f"full, {recipe}, validation split: denoised prediction (S=1, solid) and fused DCG prior (dashed)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    fig.savefig(partial, format="png", dpi=110)
-    partial.replace(path)
+    write(path, fig)
 
 
 def flips_table(predictions: list[dict[str, str]], split: str = "test") -> str:
@@ -841,15 +851,9 @@ def draw_sampling_steps(
     DCG prior as a dashed line; DDPM's T ancestral steps as markers at T. Written to ``<path>.partial``
     and renamed.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
     rows = select(rows, split=split, setting=setting)
     datasets = ordered_datasets(rows)
-    fig = Figure(figsize=(5 * len(datasets), 6.5), layout="constrained")
-    axes = fig.subplots(2, len(datasets), sharex=True, squeeze=False)
+    fig, axes = panels(2, len(datasets))
     for column, dataset in enumerate(datasets):
         mine = select(rows, dataset=dataset)
         for row, (metric, label) in enumerate((("accuracy", "test ACC"), ("auc", "test AUC"))):
@@ -879,10 +883,7 @@ def draw_sampling_steps(
             if row == 1:
                 ax.set_xlabel("reverse steps K")
     axes[0][0].legend(fontsize="small")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    fig.savefig(partial, format="png", dpi=110)
-    partial.replace(path)
+    write(path, fig)
 
 
 class Source(NamedTuple):
@@ -1112,9 +1113,7 @@ def main(argv: list[str] | None = None) -> dict[str, str]:
     for page in dict.fromkeys(section.page for section in MAP):
         path = args.docs / page
         pages[page] = fill(page, path.read_text(), [s for s in MAP if s.page == page], load)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(pages[page])
-        partial.replace(path)
+        write(path, pages[page])
     for section in MAP:
         for name, figure in section.figures.items():
             figure.build(*[load(n) for n in figure.csvs], args.docs / "images" / name)
