@@ -1,15 +1,15 @@
-"""Rebuilds the tables and figures of bundle/docs/benchmarks.md from the CSVs in benchmarks/results/.
+"""Rebuilds the tables and figures of the results pages from the CSVs in benchmarks/results/.
 
-The page's prose is written by hand; each table sits between ``<!-- table:NAME -->`` and
-``<!-- end -->`` markers and is regenerated here from the CSV rows, so no number is typed by hand
-(the published MedMNIST v2 results and the targets are constants below, with their source). The figures
-``bundle/docs/images/prior_vs_denoised_epochs.png`` (training curves), ``prior_vs_denoised_epochs_y0.png``
-(the same for the y0 setting) and ``accuracy_vs_steps.png`` (test accuracy against the number of reverse
-steps) are redrawn too:
+``MAP`` below says, for each section of each page (``bundle/docs/benchmarks.md``, one section per question;
+``benchmarks_history.md``, the log of the sessions and their superseded tables; the bundle's ``README.md``),
+which tables and figures it holds and which CSVs each is built from. The prose is written by hand; each table
+sits between ``<!-- table:NAME -->`` and ``<!-- end -->`` markers under its section's ``## `` heading and is
+regenerated here with a provenance line (machine, date, code, command: from the CSVs' ``device``, ``date`` and
+``commit`` columns, else from ``SOURCES``), so no number is typed by hand (the published MedMNIST v2 results
+and the targets are constants below, with their source). Running it twice changes nothing:
 
     python benchmarks/report.py
-    python benchmarks/report.py --page /tmp/page.md --figure /tmp/curves.png --y0-figure /tmp/curves_y0.png \
-        --steps-figure /tmp/steps.png
+    python benchmarks/report.py --docs /tmp/docs   # pages read and written there, figures in /tmp/docs/images
 """
 
 from __future__ import annotations
@@ -21,23 +21,18 @@ import statistics
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, RESULTS, read_rows  # noqa: E402 - beside this script
 
-PAGE = REPO / "bundle" / "docs" / "benchmarks.md"
-FIGURE = REPO / "bundle" / "docs" / "images" / "prior_vs_denoised_epochs.png"
-Y0_FIGURE = REPO / "bundle" / "docs" / "images" / "prior_vs_denoised_epochs_y0.png"
-FIXED_PRIOR_FIGURE = REPO / "bundle" / "docs" / "images" / "prior_vs_denoised_epochs_fixed_prior.png"
+DOCS = REPO / "bundle" / "docs"
+HISTORY = "benchmarks_history.md"
 FIXED_PRIOR_SETTINGS = ("y0_dcg5", "y0_dcg10")  # dcg_epochs 5 and 10 of 30 (train_evaluate.py --setting)
-LR_FIGURE = REPO / "bundle" / "docs" / "images" / "prior_vs_denoised_epochs_lr.png"
 LR_SETTINGS = ("y0", "y0_lr3e-4")  # the y0 recipe on the CPU, and with lr_denoiser 0.0003 instead of 0.001
 DIFFUSION_STUDY_SETTINGS = ("y0", "y0_repeat", "y0_eval_priors", "y0_weight10")  # issue 16's validation studies
-STEPS_FIGURE = REPO / "bundle" / "docs" / "images" / "accuracy_vs_steps.png"
-Y0_STEPS_FIGURE = REPO / "bundle" / "docs" / "images" / "accuracy_vs_steps_y0.png"
 CONFIGS = REPO / "bundle" / "configs"
 
 DATASETS = {"breastmnist": "BreastMNIST", "retinamnist": "RetinaMNIST"}  # the ablation's datasets, in page order
@@ -414,6 +409,49 @@ def published_table(metrics: list[dict[str, str]]) -> str:
     return markdown(header, rows) + f"\n\nTargets: {targets}."
 
 
+# the README's headline rows: (label, variant, setting, num_samples, prediction), test means over seeds
+HEADLINE_ROWS = [
+    ("`basic` (ResNet-18, this bundle)", "basic", "default", "10", "denoised"),
+    ("DCG prior of `full` (y0)", "full", "y0", "10", "prior"),
+    ("`full` (y0), S = 1", "full", "y0", "1", "denoised"),
+    ("`full` (y0), S = 10", "full", "y0", "10", "denoised"),
+    ("`full` (noise target), S = 10", "full", "default", "10", "denoised"),
+]
+
+
+def headline_table(metrics: list[dict[str, str]]) -> str:
+    """The README's ablation rows (test, mean ± sd over seeds) beside MedMNIST v2's ResNet-18 (28)."""
+    rows = []
+    for dataset, name in DATASETS.items():
+        for label, variant, setting, samples, prediction in HEADLINE_ROWS:
+            tests = select(metrics, dataset=dataset, setting=setting, variant=variant, split="test")
+            tests = select(tests, num_samples=samples)
+            rows.append([name, label] + [mean_sd([float(r[c]) for r in tests]) for c in metric_columns(prediction)])
+        method, auc, accuracy = PUBLISHED[dataset][0]
+        rows.append([name, f"{method}, MedMNIST v2", f"{accuracy:.3f}", "-", f"{auc:.3f}"])
+    return markdown(["dataset", "model", "ACC", "macro-F1", "AUC"], rows)
+
+
+def small_recipe_table(metrics: list[dict[str, str]], predictions: list[dict[str, str]]) -> str:
+    """The README's one training per dataset (seed 0, S = 1): denoised, prior and majority-class baseline."""
+    runs, rows = evaluations(predictions), []
+    for dataset, name in DATASETS.items():
+        for split in ("validation", "test"):
+            found = one(metrics, dataset=dataset, split=split, num_samples="1")
+            run = runs[(dataset, found["setting"], found["variant"], found["seed"], "1", split)]
+            share = np.bincount(run.true).max() / len(run.true)
+            majority = f"{share:.3f} / {2 * share / (1 + share) / run.probs.shape[1]:.3f}"  # F1 0 for the others
+            minutes, seconds = divmod(int(found["train_seconds"]), 60)
+            rows.append(
+                [name, f"{split} ({len(run.ids)})"]
+                + [triple(found, ("accuracy", "macro_f1", "kappa"))]
+                + [triple(found, ("prior_accuracy", "prior_macro_f1", "prior_kappa")), majority]
+                + [f"{minutes} min {seconds} s" if split == "validation" else ""]
+            )
+    header = ["dataset", "split", "denoised ACC / macro-F1 / kappa", "prior ACC / macro-F1 / kappa"]
+    return markdown(header + ["majority ACC / macro-F1", "training wall time"], rows)
+
+
 def paper_dataset_cells(
     metrics: Sequence[dict[str, str]],
     runs: dict[EvaluationKey, Evaluation],
@@ -656,6 +694,25 @@ def seeds_table(metrics: list[dict[str, str]]) -> str:
     return markdown(header, rows) + f"\n\nMean validation ACC over both datasets, S = 1 and 10, all seeds: {ranking}."
 
 
+def panels(rows: int, columns: int) -> tuple[Any, Any]:
+    """A figure of rows x columns panels sharing their x axes, 5 x 3.25 inches each."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5 * columns, 3.25 * rows), layout="constrained")
+    return fig, fig.subplots(rows, columns, sharex=True, squeeze=False)
+
+
+def write(path: Path, content: Any) -> None:
+    """A page's text or a figure's PNG, written to ``<path>.partial`` and renamed: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    if isinstance(content, str):
+        partial.write_text(content)
+    else:
+        content.savefig(partial, format="png", dpi=110)
+    partial.replace(path)
+
+
 def draw_curves(curves: Sequence[dict[str, str]], path: Path, settings: Sequence[str] = ("default",)) -> None:
     """Validation ACC and AUC of the denoised prediction and of the DCG prior against epoch (``full``, seeds 0-2).
 
@@ -666,13 +723,7 @@ def draw_curves(curves: Sequence[dict[str, str]], path: Path, settings: Sequence
         path: the PNG file.
         settings: the runs' settings (``train_evaluate.py --setting``), named in the legend when more than one.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 6.5), layout="constrained")
-    axes = fig.subplots(2, len(DATASETS), sharex=True, squeeze=False)
+    fig, axes = panels(2, len(DATASETS))
     for column, (dataset, name) in enumerate(DATASETS.items()):
         for row, (metric, label) in enumerate((("accuracy", "validation ACC"), ("auc", "validation AUC"))):
             ax = axes[row][column]
@@ -693,10 +744,7 @@ def draw_curves(curves: Sequence[dict[str, str]], path: Path, settings: Sequence
     axes[0][0].legend(fontsize="small", ncol=2)
     recipe = "small recipe" if settings == ("default",) else f"small recipe, {', '.join(settings)}"
     fig.suptitle(f"full, {recipe}, validation split: denoised prediction (S=1, solid) and fused DCG prior (dashed)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    fig.savefig(partial, format="png", dpi=110)
-    partial.replace(path)
+    write(path, fig)
 
 
 def flips_table(predictions: list[dict[str, str]], split: str = "test") -> str:
@@ -803,15 +851,9 @@ def draw_sampling_steps(
     DCG prior as a dashed line; DDPM's T ancestral steps as markers at T. Written to ``<path>.partial``
     and renamed.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
     rows = select(rows, split=split, setting=setting)
     datasets = ordered_datasets(rows)
-    fig = Figure(figsize=(5 * len(datasets), 6.5), layout="constrained")
-    axes = fig.subplots(2, len(datasets), sharex=True, squeeze=False)
+    fig, axes = panels(2, len(datasets))
     for column, dataset in enumerate(datasets):
         mine = select(rows, dataset=dataset)
         for row, (metric, label) in enumerate((("accuracy", "test ACC"), ("auc", "test AUC"))):
@@ -841,75 +883,223 @@ def draw_sampling_steps(
             if row == 1:
                 ax.set_xlabel("reverse steps K")
     axes[0][0].legend(fontsize="small")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    fig.savefig(partial, format="png", dpi=110)
-    partial.replace(path)
+    write(path, fig)
 
 
-# each table: the CSVs of its builder's arguments (a tuple: their rows concatenated) and the builder
-TABLES: dict[str, tuple[tuple[str | tuple[str, ...], ...], Callable[..., str]]] = {
-    "speed_h200": (("speed_h200.csv",), speed_table),
-    "evaluation_h200": (("train_evaluate_h200.csv",), evaluation_table),
-    "ablation_h200": (("ablation_h200.csv", "ablation_h200_predictions.csv.gz"), ablation_table),
-    "ablation_y0": (
-        (
-            ("ablation_h200.csv", "study_h100.csv"),
-            ("ablation_h200_predictions.csv.gz", "study_h100_predictions.csv.gz"),
-        ),
-        functools.partial(ablation_table, setting="y0"),
-    ),
-    "published": ((("ablation_h200.csv", "study_h100.csv"),), published_table),
-    "study_h100": (("study_h100.csv", "study_h100_curves.csv"), study_table),
-    "seeds": ((("ablation_h200.csv", "study_h100.csv"),), seeds_table),
-    "study_h200": (("ablation_h200.csv", "ablation_h200_curves.csv"), study_table),
-    "flips_h200": (("ablation_h200_predictions.csv.gz",), flips_table),
-    "evaluation_cpu": (("small_cpu.csv",), evaluation_table),
-    "study_cpu": (("small_cpu.csv", "small_cpu_curves.csv"), study_table),
-    "speed_cpu": (("speed_cpu.csv",), speed_table),
-    "sampling_steps_cpu": (("sampling_steps_cpu.csv",), sampling_steps_table),
-    "smallest_k_cpu": (("sampling_steps_cpu.csv",), smallest_agreeing_k_table),
-    "evaluation_y0_cpu": (("small_y0_cpu.csv",), functools.partial(evaluation_table, setting="y0")),
-    "sampling_steps_y0_cpu": (("sampling_steps_y0_cpu.csv",), functools.partial(sampling_steps_table, setting="y0")),
-    "smallest_k_y0_cpu": (("sampling_steps_y0_cpu.csv",), functools.partial(smallest_agreeing_k_table, setting="y0")),
-    "learning_rate_cpu": (
-        (("small_y0_cpu.csv", "learning_rate_cpu.csv"), ("small_y0_cpu_curves.csv", "learning_rate_cpu_curves.csv")),
-        functools.partial(study_table, settings=LR_SETTINGS, with_device=True),
-    ),
-    "fixed_prior_cpu": (
-        (("study_h100.csv", "fixed_prior_cpu.csv"), ("study_h100_curves.csv", "fixed_prior_cpu_curves.csv")),
-        functools.partial(study_table, settings=("y0", *FIXED_PRIOR_SETTINGS), with_device=True),
-    ),
-    "diffusion_study_cpu": (
-        (
-            ("small_y0_cpu.csv", "diffusion_study_cpu.csv"),
-            ("small_y0_cpu_curves.csv", "diffusion_study_cpu_curves.csv"),
-        ),
-        functools.partial(study_table, settings=DIFFUSION_STUDY_SETTINGS, with_device=True),
-    ),
-    "diagnostics_cpu": (("diagnostics_cpu.csv",), diagnostics_table),
-    "test_selection_cpu": (("test_selection_cpu.csv",), test_selection_table),
-    "paper_datasets_cpu": (
-        ("paper_datasets_cpu.csv", "paper_datasets_cpu_predictions.csv.gz", "paper_datasets_cpu_curves.csv"),
-        paper_datasets_table,
-    ),
+class Source(NamedTuple):
+    """Where a results CSV came from: what its rows do not say (the command; the day where it has no ``date``)."""
+
+    date: str  # of the session; for the CSVs of later days, the day their commit added them
+    command: str  # the measuring command in short; the log's section (``log``) or the page has it in full
+    log: str = ""  # the heading of the session in benchmarks_history.md
+
+
+GPU1 = "GPU session of 2026-11-26 (NVIDIA H200, 16 CPU cores)"
+GPU2 = "GPU session 2 of 2026-11-26 (NVIDIA H200): ablation of the small recipe"
+GPU3 = "GPU session 3 of 2026-11-26 (NVIDIA H100): the settings study, and y0 for the small recipe"
+CPU1 = "CPU session of 2026-11-26 (AMD EPYC, 2 cores): evaluation, accuracy against K, speed"
+CPU2 = "CPU session 2 of 2026-11-26 (AMD EPYC, 2 cores): HAM10000 and APTOS 2019 at 28 px"
+CPU3 = "CPU session 3 of 2026-11-27 (AMD EPYC, 2 cores): a fixed prior (`dcg_epochs`)"
+CPU4 = (
+    "CPU session 4 of 2026-11-27 (Intel Xeon, 2 cores): the y0 recipe, accuracy against K, the denoiser's learning rate"
+)
+TE = "train_evaluate.py --samples 1 10 --splits validation test --no-tsne"
+SOURCES = {
+    "train_evaluate_h200.csv": Source("2026-11-26", "bash benchmarks/gpu_session.sh", GPU1),
+    "speed_h200.csv": Source("", "bash benchmarks/gpu_session.sh (speed.py)", GPU1),
+    "ablation_h200.csv": Source("2026-11-26", "bash benchmarks/gpu_ablation.sh, collect.py --name ablation_h200", GPU2),
+    "study_h100.csv": Source("2026-11-26", "bash benchmarks/gpu_ablation.sh, collect.py --name study_h100", GPU3),
+    "small_cpu.csv": Source("2026-11-26", f"{TE} --out runs/cpu_small, collect.py --name small_cpu", CPU1),
+    "sampling_steps_cpu.csv": Source("2026-11-26", "sampling_steps.py --runs runs/cpu_small/*_seed0", CPU1),
+    "speed_cpu.csv": Source("", "speed.py --device cpu --out benchmarks/results/speed_cpu.csv", CPU1),
+    "paper_datasets_cpu.csv": Source("2026-11-26", "train_evaluate.py, collect.py --name paper_datasets_cpu", CPU2),
+    "fixed_prior_cpu.csv": Source("2026-11-27", f"{TE} --set dcg_epochs=N, collect.py --name fixed_prior_cpu", CPU3),
+    "small_y0_cpu.csv": Source("2026-11-27", f"{TE} --setting y0, collect.py --name small_y0_cpu", CPU4),
+    "sampling_steps_y0_cpu.csv": Source("2026-11-27", "sampling_steps.py --runs runs/cpu_y0_small/*_seed0", CPU4),
+    "learning_rate_cpu.csv": Source("2026-11-27", f"{TE} --set lr_denoiser=0.0003, collect.py", CPU4),
+    "diffusion_study_cpu.csv": Source("2026-12-01", f"{TE} --set ..., collect.py --name diffusion_study_cpu"),
+    "diagnostics_cpu.csv": Source("2026-12-01", "diagnostics.py --runs runs/cpu_*/*_seed0"),
+    "test_selection_cpu.csv": Source("2026-12-01", "test_selection.py --datasets D --seeds 0"),
 }
 
 
-def main(argv: list[str] | None = None) -> str:
+class Table(NamedTuple):
+    """A marked table or a figure under the docs' ``images/``: the CSVs of its builder's arguments (a tuple: their
+    rows concatenated), and the builder (a figure's is given its rows and the PNG's path)."""
+
+    csvs: tuple[str | tuple[str, ...], ...]
+    build: Callable[..., str | None]
+
+
+def table(*csvs: str | tuple[str, ...], build: Callable[..., str | None], **options: object) -> Table:
+    return Table(csvs, functools.partial(build, **options))
+
+
+class Section(NamedTuple):
+    """One ``## `` section of a page under ``bundle/docs``: its tables, and its figures by file name."""
+
+    page: str
+    heading: str
+    tables: dict[str, Table]
+    figures: dict[str, Table] = {}
+
+
+Y0 = ("ablation_h200.csv", "study_h100.csv")  # basic of the H200 ablation, the y0 recipe's runs on the H100
+Y0_PREDICTIONS = ("ablation_h200_predictions.csv.gz", "study_h100_predictions.csv.gz")
+Y0_CPU, Y0_CPU_CURVES = "small_y0_cpu.csv", "small_y0_cpu_curves.csv"
+PAGE, STEPS_Y0 = "benchmarks.md", "sampling_steps_y0_cpu.csv"
+STUDY = functools.partial(table, build=study_table, with_device=True)
+MAP = [  # the pages' sections in page order, each with its tables and figures and their CSVs
+    Section(
+        PAGE,
+        "Does the diffusion help?",
+        {
+            "diffusion_study_cpu": STUDY(
+                (Y0_CPU, "diffusion_study_cpu.csv"),
+                (Y0_CPU_CURVES, "diffusion_study_cpu_curves.csv"),
+                settings=DIFFUSION_STUDY_SETTINGS,
+            ),
+            "diagnostics_cpu": table("diagnostics_cpu.csv", build=diagnostics_table),
+            "test_selection_cpu": table("test_selection_cpu.csv", build=test_selection_table),
+        },
+    ),
+    Section(
+        PAGE,
+        "Accuracy against baselines and the paper",
+        {
+            "ablation_y0": table(Y0, Y0_PREDICTIONS, build=ablation_table, setting="y0"),
+            "published": table(Y0, build=published_table),
+            "paper_datasets_cpu": table(
+                *(f"paper_datasets_cpu{end}" for end in (".csv", "_predictions.csv.gz", "_curves.csv")),
+                build=paper_datasets_table,
+            ),
+        },
+        {"prior_vs_denoised_epochs_y0.png": table("study_h100_curves.csv", build=draw_curves, settings=("y0",))},
+    ),
+    Section(
+        PAGE, "Uncertainty and calibration", {"evaluation_y0_cpu": table(Y0_CPU, build=evaluation_table, setting="y0")}
+    ),
+    Section(
+        PAGE,
+        "Speed and memory",
+        {name: table(f"{name}.csv", build=speed_table) for name in ("speed_h200", "speed_cpu")},
+    ),
+    Section(
+        PAGE,
+        "Accuracy against the number of reverse steps",
+        {
+            "sampling_steps_y0_cpu": table(STEPS_Y0, build=sampling_steps_table, setting="y0"),
+            "smallest_k_y0_cpu": table(STEPS_Y0, build=smallest_agreeing_k_table, setting="y0"),
+        },
+        {"accuracy_vs_steps_y0.png": table(STEPS_Y0, build=draw_sampling_steps, setting="y0")},
+    ),
+    Section(
+        PAGE,
+        "Settings tried on the validation split",
+        {
+            "study_h100": table("study_h100.csv", "study_h100_curves.csv", build=study_table),
+            "seeds": table(Y0, build=seeds_table),
+            "fixed_prior_cpu": STUDY(
+                ("study_h100.csv", "fixed_prior_cpu.csv"),
+                ("study_h100_curves.csv", "fixed_prior_cpu_curves.csv"),
+                settings=("y0", *FIXED_PRIOR_SETTINGS),
+            ),
+            "learning_rate_cpu": STUDY(
+                (Y0_CPU, "learning_rate_cpu.csv"), (Y0_CPU_CURVES, "learning_rate_cpu_curves.csv"), settings=LR_SETTINGS
+            ),
+        },
+        {
+            "prior_vs_denoised_epochs_fixed_prior.png": table(
+                "fixed_prior_cpu_curves.csv", build=draw_curves, settings=FIXED_PRIOR_SETTINGS
+            ),
+            "prior_vs_denoised_epochs_lr.png": table(
+                (Y0_CPU_CURVES, "learning_rate_cpu_curves.csv"), build=draw_curves, settings=LR_SETTINGS
+            ),
+        },
+    ),
+    Section(
+        "README.md",
+        "Performance",
+        {
+            "small_recipe_cpu": table(Y0_CPU, "small_y0_cpu_predictions.csv.gz", build=small_recipe_table),
+            "headline": table(Y0, build=headline_table),
+        },
+    ),
+    Section(HISTORY, GPU1, {"evaluation_h200": table("train_evaluate_h200.csv", build=evaluation_table)}),
+    Section(
+        HISTORY,
+        GPU2,
+        {
+            "ablation_h200": table("ablation_h200.csv", "ablation_h200_predictions.csv.gz", build=ablation_table),
+            "flips_h200": table("ablation_h200_predictions.csv.gz", build=flips_table),
+            "study_h200": table("ablation_h200.csv", "ablation_h200_curves.csv", build=study_table),
+        },
+        {"prior_vs_denoised_epochs.png": table("ablation_h200_curves.csv", build=draw_curves)},
+    ),
+    Section(
+        HISTORY,
+        CPU1,
+        {
+            "evaluation_cpu": table("small_cpu.csv", build=evaluation_table),
+            "study_cpu": table("small_cpu.csv", "small_cpu_curves.csv", build=study_table),
+            "sampling_steps_cpu": table("sampling_steps_cpu.csv", build=sampling_steps_table),
+            "smallest_k_cpu": table("sampling_steps_cpu.csv", build=smallest_agreeing_k_table),
+        },
+        {"accuracy_vs_steps.png": table("sampling_steps_cpu.csv", build=draw_sampling_steps)},
+    ),
+]
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation but hyphens dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+def provenance(table: Table, page: str, load: Callable[[str], list[dict[str, str]]]) -> str:
+    """Machine, date, code and command of each metric CSV of a table (a per-image or curves CSV: its metrics')."""
+    flat = [n for csvs in table.csvs for n in (csvs if isinstance(csvs, tuple) else (csvs,))]
+    parts = []
+    for name in dict.fromkeys(re.sub(r"_(predictions|curves)\.csv(\.gz)?$", ".csv", n) for n in flat):
+        rows, source = load(name), SOURCES[name]
+        devices = ", ".join(dict.fromkeys(r["device"] for r in rows))
+        dates = ", ".join(dict.fromkeys(r["date"][:10] for r in rows)) if "date" in rows[0] else source.date
+        commits = ", ".join(dict.fromkeys(r["commit"] for r in rows))
+        log = f", [commands]({'' if page == HISTORY else HISTORY}#{anchor(source.log)})" if source.log else ""
+        parts.append(f"`{name}`: {devices}, {dates}, code {commits}, `{source.command}`{log}")
+    return "Provenance: " + "; ".join(parts) + "."
+
+
+def fill(page: str, text: str, sections: Sequence[Section], load: Callable[..., list[dict[str, str]]]) -> str:
+    """The page with each table of its sections rebuilt; a table outside its section or a stray marker fails."""
+    mapped = {name for section in sections for name in section.tables}
+    stray = set(re.findall(r"<!-- table:(\w+) -->", text)) - mapped
+    if stray:
+        raise ValueError(f"{page}: tables not in report.py's MAP: {sorted(stray)}")
+    for section in sections:
+        start = text.find(f"\n## {section.heading}\n")
+        if start < 0:
+            raise ValueError(f"{page} has no section '## {section.heading}'")
+        end = text.find("\n## ", start + 1)
+        end = len(text) if end < 0 else end
+        body = text[start:end]
+        for name, table in section.tables.items():
+            pattern = re.compile(rf"(<!-- table:{name} -->\n)(?:(?!<!--).)*?(<!-- end -->)", re.S)
+            if not pattern.search(body):
+                raise ValueError(f"{page}: no '<!-- table:{name} -->' ... '<!-- end -->' under '## {section.heading}'")
+            built = table.build(*[load(n) for n in table.csvs]) + "\n\n" + provenance(table, page, load)
+            body = pattern.sub(lambda m, t=built: m.group(1) + t + "\n" + m.group(2), body)
+        missing = [name for name in section.figures if f"images/{name}" not in body]
+        if missing:
+            raise ValueError(f"{page}: '## {section.heading}' does not show {missing}")
+        text = text[:start] + body + text[end:]
+    return text
+
+
+def main(argv: list[str] | None = None) -> dict[str, str]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--page", type=Path, default=PAGE)
+    parser.add_argument("--docs", type=Path, default=DOCS, help="the folder of the pages; figures in its images/")
     parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--figure", type=Path, default=FIGURE, help="the training-curves PNG redrawn")
-    parser.add_argument("--y0-figure", type=Path, default=Y0_FIGURE, help="the same, of the y0 setting")
-    parser.add_argument(
-        "--fixed-prior-figure", type=Path, default=FIXED_PRIOR_FIGURE, help="the same, of the fixed-prior runs"
-    )
-    parser.add_argument("--steps-figure", type=Path, default=STEPS_FIGURE, help="the accuracy-against-K PNG redrawn")
-    parser.add_argument("--lr-figure", type=Path, default=LR_FIGURE, help="the same, of the learning-rate runs")
-    parser.add_argument("--y0-steps-figure", type=Path, default=Y0_STEPS_FIGURE, help="the same, of the y0 recipe")
     args = parser.parse_args(argv)
-    text = args.page.read_text()
     cache: dict[str, list[dict[str, str]]] = {}
 
     def load(csv_names: str | tuple[str, ...]) -> list[dict[str, str]]:
@@ -919,22 +1109,15 @@ def main(argv: list[str] | None = None) -> str:
             cache[csv_names] = read_rows(args.results / csv_names)
         return cache[csv_names]
 
-    for name, (csv_names, build) in TABLES.items():
-        pattern = re.compile(rf"(<!-- table:{name} -->\n)(?:(?!<!--).)*?(<!-- end -->)", re.S)
-        if not pattern.search(text):
-            raise ValueError(f"{args.page} has no '<!-- table:{name} -->' ... '<!-- end -->' block")
-        table = build(*[load(n) for n in csv_names])
-        text = pattern.sub(lambda m, t=table: m.group(1) + t + "\n" + m.group(2), text)
-    partial = args.page.with_suffix(".md.partial")
-    partial.write_text(text)
-    partial.replace(args.page)
-    draw_curves(load("ablation_h200_curves.csv"), args.figure)
-    draw_curves(load("study_h100_curves.csv"), args.y0_figure, settings=("y0",))
-    draw_curves(load("fixed_prior_cpu_curves.csv"), args.fixed_prior_figure, settings=FIXED_PRIOR_SETTINGS)
-    draw_curves(load(("small_y0_cpu_curves.csv", "learning_rate_cpu_curves.csv")), args.lr_figure, settings=LR_SETTINGS)
-    draw_sampling_steps(load("sampling_steps_cpu.csv"), args.steps_figure)
-    draw_sampling_steps(load("sampling_steps_y0_cpu.csv"), args.y0_steps_figure, setting="y0")
-    return text
+    pages = {}
+    for page in dict.fromkeys(section.page for section in MAP):
+        path = args.docs / page
+        pages[page] = fill(page, path.read_text(), [s for s in MAP if s.page == page], load)
+        write(path, pages[page])
+    for section in MAP:
+        for name, figure in section.figures.items():
+            figure.build(*[load(n) for n in figure.csvs], args.docs / "images" / name)
+    return pages
 
 
 if __name__ == "__main__":

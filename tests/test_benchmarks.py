@@ -5,6 +5,7 @@ import gzip
 import importlib.util
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -124,32 +125,41 @@ def test_train_evaluate_tiny_run_records_each_evaluation_once(tmp_path):
     assert read_rows(tmp_path / "results.csv") == rows
 
 
-def test_report_rebuilds_the_tables_from_the_committed_csvs(tmp_path):
-    """benchmarks/report.py fills each marked table of a page from benchmarks/results/ and keeps the prose."""
-    page, figure, steps_figure = tmp_path / "page.md", tmp_path / "curves.png", tmp_path / "steps.png"
-    y0_figure, fixed_prior_figure = tmp_path / "curves_y0.png", tmp_path / "curves_fixed_prior.png"
-    y0_steps_figure, lr_figure = tmp_path / "steps_y0.png", tmp_path / "curves_lr.png"
-    names = ["evaluation_h200", "ablation_h200", "published", "study_h200", "flips_h200", "sampling_steps_cpu"]
-    names += ["smallest_k_cpu", "evaluation_cpu", "speed_cpu", "study_cpu", "paper_datasets_cpu"]
-    names += ["ablation_y0", "study_h100", "seeds", "fixed_prior_cpu"]
-    names += ["evaluation_y0_cpu", "sampling_steps_y0_cpu", "smallest_k_y0_cpu", "learning_rate_cpu"]
-    names += ["diffusion_study_cpu", "diagnostics_cpu", "test_selection_cpu"]
-    blocks = ["<!-- table:speed_h200 -->\nstale\n<!-- end -->"] + [f"<!-- table:{n} -->\n<!-- end -->" for n in names]
-    page.write_text(f"intro\n{blocks[0]}\nmiddle\n" + "\n".join(blocks[1:]) + "\n")
+def test_report_rebuilds_the_committed_pages_from_the_csvs(tmp_path):
+    """benchmarks/report.py refills every marked table of the pages of its map (the results page, the history
+    log, the bundle's README) from benchmarks/results/, keeps the prose, and gives back the committed pages."""
     report = load_script("report")
-    figures = ["--figure", str(figure), "--steps-figure", str(steps_figure), "--y0-figure", str(y0_figure)]
-    figures += ["--fixed-prior-figure", str(fixed_prior_figure), "--y0-steps-figure", str(y0_steps_figure)]
-    figures += ["--lr-figure", str(lr_figure)]
-    text = report.main(["--page", str(page), *figures])
-    assert page.read_text() == text and text.startswith("intro\n") and "stale" not in text and "middle" in text
-    for png in (figure, steps_figure, y0_figure, fixed_prior_figure, y0_steps_figure, lr_figure):
-        assert png.read_bytes().startswith(b"\x89PNG")
+    docs = REPO / "bundle" / "docs"
+    pages = list(dict.fromkeys(section.page for section in report.MAP))
+    assert pages == ["benchmarks.md", "README.md", "benchmarks_history.md"]
+    for page in pages:
+        stale = re.sub(
+            r"(<!-- table:\w+ -->\n).*?(<!-- end -->)", r"\1stale\n\2", (docs / page).read_text(), flags=re.S
+        )
+        (tmp_path / page).write_text(stale)
+    built = report.main(["--docs", str(tmp_path)])
+    for page in pages:  # the committed pages are up to date, and a second run would change nothing
+        assert built[page] == (tmp_path / page).read_text() == (docs / page).read_text(), page
+    figures = [name for section in report.MAP for name in section.figures]
+    assert len(figures) == 6
+    for name in figures:
+        assert (tmp_path / "images" / name).read_bytes().startswith(b"\x89PNG")
+    names = ["diffusion_study_cpu", "diagnostics_cpu", "test_selection_cpu", "ablation_y0", "published"]
+    names += ["paper_datasets_cpu", "evaluation_y0_cpu", "speed_h200", "speed_cpu", "sampling_steps_y0_cpu"]
+    names += ["smallest_k_y0_cpu", "study_h100", "seeds", "fixed_prior_cpu", "learning_rate_cpu"]
+    names += ["small_recipe_cpu", "headline", "evaluation_h200", "ablation_h200", "flips_h200", "study_h200"]
+    names += ["evaluation_cpu", "study_cpu", "sampling_steps_cpu", "smallest_k_cpu"]
+    assert [name for section in report.MAP for name in section.tables] == names
+    text = "\n".join(built.values())
+    assert text.count("Provenance: `") == len(names)  # each table says where its numbers come from
+    assert "stale" not in text
     settings = 0
     for name in ("speed_h200", "speed_cpu"):
         speed_rows = read_rows(RESULTS / f"{name}.csv")
         assert {r["image_size"] for r in speed_rows} == {"28", "64", "224"}
         settings += len({(r["image_size"], r["width"]) for r in speed_rows})
-    assert text.count("(small)") + text.count("(paper)") == settings  # one table row per setting
+    page = built["benchmarks.md"]
+    assert page.count("(small)") + page.count("(paper)") == settings  # one table row per setting
     evaluations = read_rows(RESULTS / "train_evaluate_h200.csv")
     evaluations += matching(read_rows(RESULTS / "small_cpu.csv"), split="test", setting="default")
     y0_evaluations = matching(read_rows(RESULTS / "small_y0_cpu.csv"), split="test", setting="y0")
@@ -237,6 +247,14 @@ def test_report_rebuilds_the_tables_from_the_committed_csvs(tmp_path):
     assert y0_full[1][4] == f"{statistics.mean(accuracies):.3f} ± {statistics.stdev(accuracies):.3f}"
     basic = "basic (ResNet-18)"
     assert table_rows(text, "ablation_y0", "", basic) == table_rows(text, "ablation_h200", "", basic)
+    # the README's headline rows are the ablation's means; its single-run table the CSV's seed-0 values
+    for dataset in ("BreastMNIST", "RetinaMNIST"):
+        headline = table_rows(text, "headline", dataset, "`full` (y0), S = 10")[0]
+        assert headline[2:5] == table_rows(text, "ablation_y0", dataset, "full")[1][4:7]
+    breast = matching(read_rows(RESULTS / "small_y0_cpu.csv"), dataset="breastmnist", split="test", num_samples="1")
+    assert table_rows(text, "small_recipe_cpu", "BreastMNIST", "test")[0][2].startswith(
+        f"{float(breast[0]['accuracy']):.3f} / "
+    )
     # the seeds table ranks the settings by their mean validation ACC (both datasets, S = 1 and 10, all seeds)
     validation = matching(study, setting="y0", variant="full", split="validation")
     assert len(validation) == 12

@@ -141,3 +141,17 @@ def test_the_docs_readme_is_self_contained():
     outside = [t for t in relative if BUNDLE.resolve() not in (docs / t).resolve().parents]
     missing = [t for t in relative if not (docs / t).exists()]
     assert not outside and not missing, (outside, missing)
+
+
+def test_the_docs_readme_links_to_sections_that_exist():
+    """Links such as ``benchmarks.md#speed-and-memory`` name a heading of that page (GitHub's anchors: lower
+    case, punctuation but hyphens dropped, spaces as hyphens)."""
+    docs = BUNDLE / "docs"
+
+    def anchors(page: str) -> set[str]:
+        text = re.sub(r"```.*?```", "", (docs / page).read_text(), flags=re.S)
+        return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+    links = re.findall(r"\]\(([\w.]+\.md)#([^)\s]+)\)", (docs / "README.md").read_text())
+    assert links, "no links to sections found"
+    assert [link for link in links if link[1] not in anchors(link[0])] == []
