@@ -117,9 +117,9 @@ def evaluation_predictions(path: Path, run: dict[str, str], evaluation: dict[str
         evaluation: its split and num_samples.
 
     Returns:
-        rows of ``PREDICTION_FIELDS`` plus ``prob_0``... (and ``prior_prob_0``... where the file has them):
-        class i is the i-th ``prob_<name>`` column of the file (the config's class order), and every label is
-        written as its class index.
+        rows of ``PREDICTION_FIELDS`` plus ``prob_0``... (and ``prior_prob_0``..., ``vote_agreement`` where the
+        file has the prior's probabilities): class i is the i-th ``prob_<name>`` column of the file (the
+        config's class order), and every label is written as its class index.
     """
     rows = read_rows(path)
     names = [c.removeprefix("prob_") for c in (rows[0] if rows else {}) if c.startswith("prob_")]
@@ -129,8 +129,9 @@ def evaluation_predictions(path: Path, run: dict[str, str], evaluation: dict[str
         row = {**run, **evaluation, "id": r["id"]}
         row.update({k: index[r[k]] for k in ("true_label", "predicted_label", "prior_label")})
         row.update({f"prob_{i}": r[f"prob_{name}"] for i, name in enumerate(names)})
-        priors = {f"prior_prob_{i}": r.get(f"prior_prob_{name}") for i, name in enumerate(names)}
-        row.update({k: v for k, v in priors.items() if v is not None})
+        if f"prior_prob_{names[0]}" in r:  # since the prior's probabilities; and the samples' agreement
+            row.update({f"prior_prob_{i}": r[f"prior_prob_{name}"] for i, name in enumerate(names)})
+            row["vote_agreement"] = r["vote_agreement"]
         out.append(row)
     return out
 
@@ -156,7 +157,7 @@ def prediction_rows(runs: Sequence[tuple[Path, dict[str, str]]]) -> tuple[list[d
     classes = max((sum(k.startswith("prob_") for k in r) for r in merged.values()), default=0)
     fields = PREDICTION_FIELDS + [f"prob_{i}" for i in range(classes)]
     if any("prior_prob_0" in r for r in merged.values()):  # evaluations before the prior's probabilities: none
-        fields += [f"prior_prob_{i}" for i in range(classes)]
+        fields += [f"prior_prob_{i}" for i in range(classes)] + ["vote_agreement"]
     order = PREDICTION_FIELDS[:7]
     return sorted(merged.values(), key=lambda r: (sort_key(r, order), image_number(r["id"]))), fields
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import re
 import statistics
 import sys
@@ -108,6 +109,8 @@ class Evaluation(NamedTuple):
     predicted: np.ndarray
     prior: np.ndarray
     probs: np.ndarray  # images x classes, of the denoised prediction
+    prior_probs: np.ndarray | None = None  # images x classes, of the fused prior (evaluations since 2026-12-01)
+    agreement: np.ndarray | None = None  # the share of samples that voted for the majority label (idem)
 
 
 EvaluationKey = tuple[str, str, str, str, str, str]  # dataset, setting, variant, seed, num_samples, split
@@ -207,6 +210,10 @@ def evaluations(rows: Sequence[dict[str, str]]) -> dict[EvaluationKey, Evaluatio
             prior=np.array([int(r["prior_label"]) for r in group]),
             probs=np.array([[float(r[c]) for c in classes] for r in group]),
         )
+        if group[0].get("prior_prob_0"):
+            prior_probs = [[float(r["prior_" + c]) for c in classes] for r in group]
+            agreement = [float(r["vote_agreement"]) for r in group]
+            out[key] = out[key]._replace(prior_probs=np.array(prior_probs), agreement=np.array(agreement))
     return out
 
 
@@ -886,6 +893,176 @@ def draw_sampling_steps(
     write(path, fig)
 
 
+# ---------------------------------------------------------------- issue 16: equal schedules, a second view, uncertainty
+REFERRED = (0.1, 0.2, 0.3)  # shares of the most uncertain images referred to a reader (uncertainty table)
+
+
+class StudyRow(NamedTuple):
+    """One row of study 3's table: a setting's variant, the S of its evaluation, and which prediction."""
+
+    label: str
+    setting: str
+    variant: str
+    samples: str
+    prediction: str
+
+
+MEDMNIST_SCHEDULE_ROWS = [
+    StudyRow("basic (ResNet-18)", "basic_medmnist", "basic", "10", "denoised"),
+    StudyRow("DCG prior (fused, of full)", "y0_medmnist", "full", "10", "prior"),
+    StudyRow("full, S=1", "y0_medmnist", "full", "1", "denoised"),
+    StudyRow("full, S=10", "y0_medmnist", "full", "10", "denoised"),
+]
+
+
+def published_verdict(dataset: str, intervals: tuple[str, str]) -> str:
+    """Study 3's rule (A): the published ResNet-18 (28) test ACC and AUC each inside or below the seed-0 interval."""
+    _, auc, accuracy = PUBLISHED[dataset][0]
+    highs = [float(i.strip("[]").split(",")[1]) if i != "-" else float("nan") for i in intervals]
+    misses = [
+        f"{name} {value:.3f} above {high:.3f}"
+        for name, value, high in zip(("ACC", "AUC"), (accuracy, auc), highs, strict=True)
+        if not value <= high
+    ]
+    return "reached" if not misses else "not reached: published " + ", ".join(misses)
+
+
+def medmnist_schedule_table(metrics: list[dict[str, str]], predictions: list[dict[str, str]]) -> str:
+    """Study 3: basic, the prior and full on MedMNIST v2's schedule; validation decides, test is for information."""
+    runs = evaluations(predictions)
+    rows = []
+    for dataset, name in DATASETS.items():
+        for row in MEDMNIST_SCHEDULE_ROWS:
+            found = select(metrics, dataset=dataset, setting=row.setting, variant=row.variant, num_samples=row.samples)
+            if not found:
+                continue
+            accuracy, _, auc = metric_columns(row.prediction)
+            cells = [name, row.label, str(len({r["seed"] for r in found}))]
+            for split in ("validation", "test"):
+                chosen = select(found, split=split)
+                cells += [mean_sd([float(r[c]) for r in chosen]) for c in (accuracy, auc)]
+            first = runs.get((dataset, row.setting, row.variant, "0", row.samples, "test"))
+            intervals = ("-", "-")
+            if first is not None:
+                scores = first.prior_probs if row.prediction == "prior" else first.probs
+                intervals = bootstrap_intervals(first.true, labels_of(first, row.prediction), scores)
+            cells += [*intervals, published_verdict(dataset, intervals) if row.variant == "basic" else "-"]
+            rows.append(cells)
+    header = ["dataset", "model", "seeds", "val ACC", "val AUC", "test ACC", "test AUC", "test ACC 95% CI (seed 0)"]
+    return markdown(header + ["test AUC 95% CI (seed 0)", "published ResNet-18 (28), rule (A)"], rows)
+
+
+def accuracy_and_auc(true: np.ndarray, probs: np.ndarray) -> str:
+    """``ACC / AUC`` of class probabilities."""
+    auc = macro_auc(np.ones((1, len(true))), true, probs)[0]
+    return f"{np.mean(probs.argmax(1) == true):.3f} / {auc:.3f}"
+
+
+def second_view_table(predictions: list[dict[str, str]]) -> str:
+    """The bound of a second view: the prior averaged with an independently trained ResNet-18 (``basic``), beside
+    the prior, ``basic`` and the denoised prediction (S = 10) of the same seed (study 3's runs)."""
+    runs = evaluations(predictions)
+    rows = []
+    for (dataset, setting, variant, seed, samples, split), full in sorted(runs.items()):
+        basic = runs.get((dataset, "basic_medmnist", "basic", seed, "10", split))
+        if (setting, variant, samples) != ("y0_medmnist", "full", "10") or full.prior_probs is None or basic is None:
+            continue
+        if basic.ids != full.ids:
+            raise ValueError(f"{dataset} seed {seed} {split}: basic and full were evaluated on different images")
+        averaged = (full.prior_probs + basic.probs) / 2
+        cells = [DISPLAY_NAMES.get(dataset, dataset), seed, split, str(len(full.ids))]
+        scores = (full.prior_probs, basic.probs, full.probs, averaged, (full.probs + basic.probs) / 2)
+        cells += [accuracy_and_auc(full.true, p) for p in scores]
+        cells.append(f"{mcnemar_p(averaged.argmax(1) == full.true, full.prior == full.true):.3g}")
+        rows.append(cells)
+    header = ["dataset", "seed", "split", "images", "prior ACC / AUC", "basic ACC / AUC", "denoised S=10 ACC / AUC"]
+    header += ["mean of prior and basic ACC / AUC", "mean of denoised and basic ACC / AUC"]
+    return markdown(header + ["McNemar p, mean of prior and basic vs prior"], rows)
+
+
+def entropy(probs: np.ndarray) -> np.ndarray:
+    """Per row, the entropy in nats (0 log 0 = 0)."""
+    return -np.sum(probs * np.log(np.where(probs > 0, probs, 1.0)), axis=1)
+
+
+def uncertainties(evaluation: Evaluation) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each uncertainty compared, with the correctness of the prediction it goes with: the denoised entropy and
+    the samples' disagreement (the denoised label), the fused prior's softmax entropy (the prior's label)."""
+    denoised, prior = evaluation.predicted == evaluation.true, evaluation.prior == evaluation.true
+    return {
+        "denoised entropy": (entropy(evaluation.probs), denoised),
+        "samples' disagreement": (1.0 - evaluation.agreement, denoised),
+        "prior entropy": (entropy(evaluation.prior_probs), prior),
+    }
+
+
+def referred_accuracy(correct: np.ndarray, uncertainty: np.ndarray, share: float) -> float:
+    """Accuracy on the images kept when the ``share`` most uncertain are referred (ties: the later image first)."""
+    keep = len(correct) - int(round(share * len(correct)))
+    return float(np.mean(correct[np.argsort(uncertainty, kind="stable")[:keep]]))
+
+
+def error_auroc(correct: np.ndarray, uncertainty: np.ndarray) -> float:
+    """How well the uncertainty ranks the wrong predictions first (ROC AUC; ties count half)."""
+    counts = np.ones((1, len(correct)))
+    return float(weighted_auc(counts, ~correct, uncertainty)[0]) if 0 < correct.sum() < len(correct) else math.nan
+
+
+def uncertainty_table(predictions: list[dict[str, str]]) -> str:
+    """Does the diffusion's uncertainty flag errors better than the prior's own entropy? Error AUROC, and the
+    accuracy left when the most uncertain images are referred, of every ``full`` evaluation with S = 10 that
+    recorded the prior's probabilities."""
+    rows = []
+    for (dataset, setting, variant, seed, samples, split), found in sorted(evaluations(predictions).items()):
+        if variant != "full" or samples != "10" or found.prior_probs is None:
+            continue
+        cells = [setting, DISPLAY_NAMES.get(dataset, dataset), seed, split]
+        for u, correct in uncertainties(found).values():
+            referred = " / ".join(f"{referred_accuracy(correct, u, s):.3f}" for s in REFERRED)
+            cells += [f"{error_auroc(correct, u):.3f}", referred]
+        rows.append(cells)
+    shares = "/".join(f"{100 * s:.0f}" for s in REFERRED)
+    header = ["setting", "dataset", "seed", "split"]
+    for name in ("denoised entropy", "samples' disagreement", "prior entropy"):
+        header += [f"{name}: error AUROC", f"{name}: ACC with {shares} % referred"]
+    return markdown(header, rows)
+
+
+def draw_risk_coverage(predictions: Sequence[dict[str, str]], path: Path, split: str = "test") -> None:
+    """Accuracy of the kept images against the share referred, most uncertain first, for each uncertainty of
+    :func:`uncertainties`: one panel per ``full`` evaluation with S = 10 and the prior's probabilities."""
+    found = {
+        k: e
+        for k, e in sorted(evaluations(predictions).items())
+        if (k[2], k[4], k[5]) == ("full", "10", split) and e.prior_probs is not None
+    }
+    fig, axes = panels(1, max(len(found), 1))
+    shares = np.linspace(0.0, 0.5, 51)
+    for ax, ((dataset, setting, _, seed, _, _), evaluation) in zip(axes[0], found.items(), strict=False):
+        for name, (u, correct) in uncertainties(evaluation).items():
+            ax.plot(100 * shares, [referred_accuracy(correct, u, s) for s in shares], label=name)
+        ax.set_title(f"{DISPLAY_NAMES.get(dataset, dataset)}, {setting}, seed {seed}, {split}")
+        ax.set_xlabel("images referred, most uncertain first (%)")
+        ax.set_ylabel("accuracy of the rest")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize="small")
+    write(path, fig)
+
+
+def ranking_table(metrics: list[dict[str, str]]) -> str:
+    """Study 4: the denoised AUC under three ranking scores, and the share of tied pairs of the current one."""
+    rows = []
+    order = ("setting", "dataset", "seed", "split", "num_samples")
+    for r in sorted(metrics, key=lambda r: (*(r[k] for k in order[:3]), r["split"] != "validation", r[order[4]])):
+        if r["variant"] == "basic" or r.get("auc_label_mean", "") in ("", "nan"):
+            continue
+        cells = [r["setting"], DISPLAY_NAMES.get(r["dataset"], r["dataset"]), *(r[k] for k in order[2:])]
+        cells += [f3(r["auc"]), f"{100 * float(r['auc_tied_pairs']):.1f} %", f3(r["auc_label_mean"])]
+        rows.append(cells + [f3(r["auc_then_prior"]), f3(r["prior_auc"])])
+    header = ["setting", "dataset", "seed", "split", "S", "AUC: probabilities", "tied pairs: probabilities"]
+    return markdown(header + ["AUC: unclipped label mean", "AUC: probabilities then prior", "prior AUC"], rows)
+
+
 class Source(NamedTuple):
     """Where a results CSV came from: what its rows do not say (the command; the day where it has no ``date``)."""
 
@@ -920,6 +1097,10 @@ SOURCES = {
     "diffusion_study_cpu.csv": Source("2026-12-01", f"{TE} --set ..., collect.py --name diffusion_study_cpu"),
     "diagnostics_cpu.csv": Source("2026-12-01", "diagnostics.py --runs runs/cpu_*/*_seed0"),
     "test_selection_cpu.csv": Source("2026-12-01", "test_selection.py --datasets D --seeds 0"),
+    "medmnist_schedule_cpu.csv": Source(
+        "2026-12-01",
+        f"{TE} --setting basic_medmnist --variant basic | y0_medmnist, collect.py --name medmnist_schedule_cpu",
+    ),
 }
 
 
@@ -949,6 +1130,7 @@ Y0_PREDICTIONS = ("ablation_h200_predictions.csv.gz", "study_h100_predictions.cs
 Y0_CPU, Y0_CPU_CURVES = "small_y0_cpu.csv", "small_y0_cpu_curves.csv"
 PAGE, STEPS_Y0 = "benchmarks.md", "sampling_steps_y0_cpu.csv"
 STUDY = functools.partial(table, build=study_table, with_device=True)
+SCHEDULE, SCHEDULE_PREDICTIONS = "medmnist_schedule_cpu.csv", "medmnist_schedule_cpu_predictions.csv.gz"
 MAP = [  # the pages' sections in page order, each with its tables and figures and their CSVs
     Section(
         PAGE,
@@ -960,6 +1142,9 @@ MAP = [  # the pages' sections in page order, each with its tables and figures a
                 settings=DIFFUSION_STUDY_SETTINGS,
             ),
             "diagnostics_cpu": table("diagnostics_cpu.csv", build=diagnostics_table),
+            "medmnist_schedule_cpu": table(SCHEDULE, SCHEDULE_PREDICTIONS, build=medmnist_schedule_table),
+            "second_view_cpu": table(SCHEDULE_PREDICTIONS, build=second_view_table),
+            "ranking_cpu": table(SCHEDULE, build=ranking_table),
             "test_selection_cpu": table("test_selection_cpu.csv", build=test_selection_table),
         },
     ),
@@ -977,7 +1162,13 @@ MAP = [  # the pages' sections in page order, each with its tables and figures a
         {"prior_vs_denoised_epochs_y0.png": table("study_h100_curves.csv", build=draw_curves, settings=("y0",))},
     ),
     Section(
-        PAGE, "Uncertainty and calibration", {"evaluation_y0_cpu": table(Y0_CPU, build=evaluation_table, setting="y0")}
+        PAGE,
+        "Uncertainty and calibration",
+        {
+            "uncertainty_cpu": table(SCHEDULE_PREDICTIONS, build=uncertainty_table),
+            "evaluation_y0_cpu": table(Y0_CPU, build=evaluation_table, setting="y0"),
+        },
+        {"risk_coverage.png": table(SCHEDULE_PREDICTIONS, build=draw_risk_coverage)},
     ),
     Section(
         PAGE,
