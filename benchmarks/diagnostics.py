@@ -1,7 +1,7 @@
 """What the denoiser adds to its prior: counterfactual inputs, and what a second view of rho(x) could add at best.
 
 For each trained run (a ``train_evaluate.py`` folder, as ``sampling_steps.py`` reads them), the DCG and the
-encoder run once per image of the validation and test splits; then, with the config's sampler and the noise
+encoder run once per image of the validation and test splits; then, with the config's reverse chain and the noise
 evaluation uses (seeded per image id, S = 1):
 
 - ``denoised``: the prediction as evaluation makes it;

@@ -115,8 +115,8 @@ def backbone_outputs(network, dataloader, device: torch.device) -> dict:
     priors, features, labels, ids = [], [], [], []
     for batch in dataloader:
         images = batch["image"].to(device)
-        priors.append(network.priors(network.dcg(images))["fused"])
-        features.append(network.encode(images))
+        priors.append(network.prior(images))
+        features.append(network.features(images))
         labels.append(torch.as_tensor(batch["label"]).reshape(-1).long())
         ids += [str(i) for i in batch["id"]]
     return {"prior": torch.cat(priors), "features": torch.cat(features), "labels": torch.cat(labels), "ids": ids}
@@ -124,7 +124,7 @@ def backbone_outputs(network, dataloader, device: torch.device) -> dict:
 
 @torch.no_grad()
 def sample_probabilities(network, inferer, outputs: dict, start: str, chunk: int = 512) -> torch.Tensor:
-    """Mean class probabilities of ``inferer.num_samples`` chains per image with the network's sampler.
+    """Mean class probabilities of ``inferer.num_samples`` chains per image with the network's scheduler.
 
     Args:
         start: ``noise`` (from N(prior, I), the per-image draws evaluation uses) or ``prior_mean``
@@ -136,7 +136,7 @@ def sample_probabilities(network, inferer, outputs: dict, start: str, chunk: int
     for first in range(0, len(outputs["ids"]), chunk):
         ids = outputs["ids"][first : first + chunk]
         prior = outputs["prior"][first : first + chunk]
-        noise = inferer.noise(ids, network.noise_draws(), network.num_classes, prior.device)
+        noise = inferer.noise(ids, network.chain_noise_draws(), network.num_classes, prior.device)
         if start == "prior_mean":
             noise = torch.zeros_like(noise)
         denoised, _ = network.sample(outputs["features"][first : first + chunk], prior, noise)
@@ -158,7 +158,6 @@ def measure_run(run: Run, split: str, args: argparse.Namespace, done: set, stamp
     from scripts import metrics
     from scripts.checkpoint import load_weights
     from scripts.inferer import DiffMICInferer
-    from scripts.sampler import ReverseSampler
 
     parser = load_parser(run, split, args.overrides)
     total = int(parser["num_train_timesteps"])
@@ -183,7 +182,7 @@ def measure_run(run: Run, split: str, args: argparse.Namespace, done: set, stamp
         is_full = name == "ddim" and k == total
         if key in done and not (is_full and (s, start) in missing):  # the full chain: reference of its group
             continue
-        network.use_sampler(ReverseSampler(name, k, eta=0.0))
+        network.set_scheduler(name, k, eta=0.0)
         inferer = DiffMICInferer(seed=int(parser["seed"]), num_samples=s)  # evaluation's per-image noise
         begin = time.perf_counter()
         probs = sample_probabilities(network, inferer, outputs, start).cpu()

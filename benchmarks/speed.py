@@ -233,12 +233,12 @@ def random_batch(columns: dict[str, Any], info: dict[str, Any], device: torch.de
 
 
 def reverse_steps(parser: ConfigParser) -> int:
-    """K, the reverse steps the configured sampler takes (its sampler and diffusion built from the config)."""
+    """K, the reverse steps the configured chain takes (its scheduler and diffusion built from the config)."""
     from scripts.diffusion import PriorShiftedDiffusion
-    from scripts.sampler import ReverseSampler
+    from scripts.scheduler import ReverseScheduler
 
-    sampler = ReverseSampler(**parser.get_parsed_content("network_def#sampler"))
-    return len(sampler.timesteps(PriorShiftedDiffusion(**parser.get_parsed_content("network_def#diffusion"))))
+    diffusion = PriorShiftedDiffusion(**parser.get_parsed_content("network_def#diffusion"))
+    return len(ReverseScheduler(diffusion, **parser.get_parsed_content("network_def#scheduler")).timesteps)
 
 
 # ---------------------------------------------------------------- timing and memory
@@ -456,15 +456,15 @@ class Benchmark:
         def predict(variant: str, samples: int) -> Callable[[], list[float]]:
             net = network(variant)
             inferer = DiffMICInferer(seed=info["seed"], num_samples=samples)
-            return self.timer(lambda: inferer.predict(images, net, ids))
+            return self.timer(lambda: inferer.outputs(images, net, ids))
 
         def dcg() -> Callable[[], list[float]]:
             net = network("full")
-            return self.timer(lambda: net.priors(net.dcg(images)))
+            return self.timer(lambda: net.prior(images))
 
         def backbones() -> Callable[[], list[float]]:
             net = network("full")
-            return self.timer(lambda: (net.dcg(images), net.sampling_head().encoder(images)))
+            return self.timer(lambda: (net.dcg(images), net.features(images)))
 
         def denoiser_step() -> Callable[[], list[float]]:
             net = network("full")
@@ -474,8 +474,7 @@ class Benchmark:
             y = torch.randn(rows, columns["num_classes"], generator=generator).to(self.device)
             prior = torch.softmax(torch.randn(rows, columns["num_classes"], generator=generator), 1).to(self.device)
             t = torch.full((rows,), net.diffusion.num_train_timesteps - 1, dtype=torch.long, device=self.device)
-            denoiser = net.sampling_head().denoiser
-            return self.timer(lambda: denoiser(features, y, prior, t))
+            return self.timer(lambda: net.denoise(features, y, prior, t))
 
         def ids_of(measurement: str, steps: int = 0, samples: int = 0) -> dict[str, Any]:
             return {**columns, "measurement": measurement, "steps": steps, "samples": samples}

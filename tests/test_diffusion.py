@@ -5,6 +5,7 @@ import torch
 from monai.networks.schedulers import DDPMScheduler
 
 from scripts.diffusion import PriorShiftedDiffusion
+from scripts.scheduler import ReverseScheduler
 
 T = 1000
 
@@ -63,14 +64,14 @@ def test_reverse_step_is_cards_posterior(diffusion, t):
     assert torch.allclose(z_prev.double() + prior, expected, atol=1e-4)
 
     # the bundle's step with eta=1 onto t-1 is the same ancestral step
-    y_prev, y0_pred = diffusion.step(eps_hat, t, t - 1, y_t, prior, eta=1.0, noise=noise)
+    y_prev, y0_pred = ReverseScheduler(diffusion).step(eps_hat, t, t - 1, y_t, prior, "epsilon", eta=1.0, noise=noise)
     assert torch.allclose(y_prev, expected, atol=1e-5)
     assert torch.allclose(y0_pred, y0_hat, atol=1e-5)
 
 
 def test_monai_ddim_timesteps_mismatch_is_not_inherited(diffusion):
     """MONAI 1.6.1's DDIM steps from 999 to 899 while its schedule's next timestep is 888."""
-    steps = diffusion.timesteps(10)
+    steps = ReverseScheduler(diffusion, "ddim", 10).timesteps
     assert steps == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
 
 
@@ -79,12 +80,12 @@ def test_ddim_with_the_true_noise_lands_on_every_marginal(diffusion, k):
     """With the predictor returning the eps that produced z_T, each deterministic step lands on
     sqrt(abar_next) z0 + sqrt(1 - abar_next) eps and the chain ends at y0."""
     y0, prior, eps = (v.double() for v in labels_and_prior(n=8, c=5, seed=2))
-    abar = diffusion.alphas_cumprod
-    steps = diffusion.timesteps(k)
+    abar, scheduler = diffusion.alphas_cumprod, ReverseScheduler(diffusion, "ddim", k)
+    steps = scheduler.timesteps
     y = abar[steps[0]].sqrt() * (y0 - prior) + (1 - abar[steps[0]]).sqrt() * eps + prior
     for i, t in enumerate(steps):
         t_next = steps[i + 1] if i + 1 < len(steps) else -1
-        y, _ = diffusion.step(eps, t, t_next, y, prior, eta=0.0)
+        y, _ = scheduler.step(eps, t, t_next, y, prior, "epsilon", eta=0.0)
         a_next = abar[t_next] if t_next >= 0 else torch.tensor(1.0, dtype=torch.float64)
         expected = a_next.sqrt() * (y0 - prior) + (1 - a_next).sqrt() * eps + prior
         assert torch.allclose(y, expected, atol=1e-5), f"step {t} -> {t_next}"
@@ -99,18 +100,18 @@ def test_a_denoiser_predicting_y0_exactly_lands_on_y0_and_steps_as_its_implied_n
     diffusion = PriorShiftedDiffusion(num_train_timesteps=T, prediction_type="sample")
     y0, prior, eps = (v.double() for v in labels_and_prior(n=8, c=5, seed=3))
     assert torch.equal(diffusion.target(y0, eps), y0) and torch.equal(eps_diffusion.target(y0, eps), eps)
-    abar = diffusion.alphas_cumprod
-    steps = diffusion.timesteps(k)
+    abar, scheduler = diffusion.alphas_cumprod, ReverseScheduler(diffusion, "ddim", k)
+    steps = scheduler.timesteps
     y = prior + torch.randn(y0.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     y0_guess = torch.softmax(torch.randn(y0.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64), 1)
     for i, t in enumerate(steps):
         t_next = steps[i + 1] if i + 1 < len(steps) else -1
         implied = (y - prior - abar[t].sqrt() * (y0_guess - prior)) / (1 - abar[t]).sqrt()
         noise = torch.randn(y0.shape, generator=torch.Generator().manual_seed(t), dtype=torch.float64)
-        stepped, y0_hat = diffusion.step(y0_guess, t, t_next, y, prior, eta=1.0, noise=noise)
+        stepped, y0_hat = scheduler.step(y0_guess, t, t_next, y, prior, "sample", eta=1.0, noise=noise)
         assert torch.allclose(y0_hat, y0_guess, atol=1e-9)
-        assert torch.allclose(stepped, eps_diffusion.step(implied, t, t_next, y, prior, eta=1.0, noise=noise)[0])
-        y, _ = diffusion.step(y0, t, t_next, y, prior, eta=0.0)  # the perfect predictor
+        assert torch.allclose(stepped, scheduler.step(implied, t, t_next, y, prior, "epsilon", eta=1.0, noise=noise)[0])
+        y, _ = scheduler.step(y0, t, t_next, y, prior, "sample", eta=0.0)  # the perfect predictor
     assert torch.allclose(y, y0, atol=1e-9)
 
 

@@ -152,7 +152,7 @@ def test_inference_workflow_has_every_property_and_builds_the_training_network(t
             nets.append(parser.get_parsed_content("network_def"))
         train_state, infer_state = (n.state_dict() for n in nets)
         assert {k: v.shape for k, v in train_state.items()} == {k: v.shape for k, v in infer_state.items()}
-        assert vars(nets[0].sampler) == vars(nets[1].sampler)
+        assert nets[0].scheduler.describe() == nets[1].scheduler.describe()
         assert nets[0].diffusion.prediction_type == nets[1].diffusion.prediction_type  # repr does not show it
         assert repr(nets[0]) == repr(nets[1])
 

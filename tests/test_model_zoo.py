@@ -70,7 +70,7 @@ def test_verify_net_in_out_passes_and_checks_the_denoised_prediction():
     network = parser.get_parsed_content("network_def").eval()
     pred = parser.get_parsed_content("_meta_#network_data_format#outputs#pred")
     images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    noise = torch.randn(2, 1, network.noise_draws(), 7, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(2, 1, network.chain_noise_draws(), 7, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         out, parts = network(images, noise), network.predict(images, noise)
     assert out.shape == (2, pred["num_channels"]) and len(pred["channel_def"]) == pred["num_channels"]
@@ -83,12 +83,13 @@ def test_torchscript_export_runs_the_whole_reverse_sampling_like_the_eager_model
     the bundle's inferer (3 samples, noise seeded per image id) it gives the eager model's results."""
     scripted = torch.jit.load(str(exported))
     assert isinstance(scripted, torch.jit.ScriptModule)
-    assert isinstance(scripted.predict, torch.ScriptMethod) and isinstance(scripted.noise_draws, torch.ScriptMethod)
+    assert isinstance(scripted.predict, torch.ScriptMethod)
+    assert isinstance(scripted.chain_noise_draws, torch.ScriptMethod)
     eager = eager_network(trained_bundle["dir"] / "models" / "model.pt")
     images, inferer = breastmnist_test_images(24), DiffMICInferer(seed=0, num_samples=3)
     ids = [f"test_{i}" for i in range(24)]
     with torch.no_grad():
-        expected, got = inferer.predict(images, eager, ids), inferer.predict(images, scripted, ids)
+        expected, got = inferer.outputs(images, eager, ids), inferer.outputs(images, scripted, ids)
         noise = inferer.noise(ids[:4], 1, 2, torch.device("cpu"))[:, :1]
         torch.testing.assert_close(scripted(images[:4], noise), eager(images[:4], noise))  # forward: one chain
     assert set(got) == set(expected)
@@ -163,7 +164,7 @@ def test_deploy_bundle_operator_calling_convention(exported, trained_bundle, tmp
                 outputs = inferer(inputs=first_input, network=network)
                 scaled = torch.from_numpy(image).float().div(127.5).sub(1)[None, None]
                 ids = [meta[ID_META_KEY]] if name == "deploy_preprocessing" else None  # else seeded as id "0"
-                expected = DiffMICInferer(seed=0).predict(scaled, eager, ids)
+                expected = DiffMICInferer(seed=0).outputs(scaled, eager, ids)
             result = postprocessing({"pred": ensure_tuple(outputs)[0], **inputs})
             assert result["pred"].shape == (1,) and int(result["pred"].item()) == int(expected["probs"].argmax())
             torch.testing.assert_close(torch.as_tensor(outputs), expected["probs"], rtol=1e-4, atol=1e-5)

@@ -31,7 +31,7 @@ def tiny_net(in_channels=3, num_classes=4, use_diffusion=True, use_local_stream=
         encoder={"trunk": trunk},
         diffusion={"prediction_type": prediction_type},
         ema_decay=0.9,
-        sampler={"name": "ddim", "steps": 3},
+        scheduler={"name": "ddim", "steps": 3},
     )
 
 
@@ -48,7 +48,7 @@ def test_shapes_of_every_network(in_channels):
     eps = net.head.denoiser(features, torch.randn(5, 4), torch.rand(5, 4), torch.randint(0, 1000, (5,)))
     assert eps.shape == (5, 4)
     with torch.no_grad():
-        out = net.predict(x, torch.randn(5, 2, net.noise_draws(), 4))
+        out = net.predict(x, torch.randn(5, 2, net.chain_noise_draws(), 4))
         denoised = net(x)
     assert out["denoised"].shape == (5, 2, 4) and out["fused"].shape == (5, 4) and denoised.shape == (5, 4)
     assert not torch.allclose(denoised, out["fused"])  # the output is the denoised vector, not the prior
@@ -317,7 +317,14 @@ def test_ema_ramps_up_and_is_used_for_sampling():
         net.update_ema()
         decay = min(0.9, (1 + n) / (10 + n))  # ramped: short memory early, `decay` later
         assert torch.allclose(averaged, decay * before + (1 - decay) * weight, atol=1e-5)
-    assert net.sampling_head() is net.ema.module
+    net.eval()  # sampling reads the EMA copy: rho(x) from its encoder, the noise from its denoiser
+    images, features, y = torch.randn(2, 3, 24, 24), torch.randn(2, 32), torch.randn(2, 4)
+    prior, t = torch.rand(2, 4), torch.tensor([5, 900])
+    with torch.no_grad():
+        assert torch.equal(net.features(images), net.ema.module.encoder(images))
+        sampled = net.denoise(features, y, prior, t)
+        assert torch.equal(sampled, net.ema.module.denoiser(features, y, prior, t))
+        assert not torch.allclose(sampled, net.head.denoiser(features, y, prior, t))
 
 
 def test_a_y0_predicting_network_scripts_and_samples_as_in_eager_mode():
@@ -325,7 +332,7 @@ def test_a_y0_predicting_network_scripts_and_samples_as_in_eager_mode():
     and a denoiser output read as y0 gives other samples than the same output read as noise."""
     torch.manual_seed(0)
     net = tiny_net(prediction_type="sample").eval()
-    images, noise = torch.randn(3, 3, 24, 24), torch.randn(3, 2, net.noise_draws(), 4)
+    images, noise = torch.randn(3, 3, 24, 24), torch.randn(3, 2, net.chain_noise_draws(), 4)
     scripted = torch.jit.script(net)
     with torch.no_grad():
         eager = net.predict(images, noise)["denoised"]

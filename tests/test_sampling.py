@@ -11,7 +11,7 @@ from scripts.figures import saliency_figure
 from scripts.inferer import DiffMICInferer
 from scripts.network import DiffMIC
 from scripts.roi import select_windows
-from scripts.sampler import ReverseSampler
+from scripts.scheduler import ReverseScheduler
 from scripts.uncertainty import label_probabilities, summarize_samples
 
 T = 1000
@@ -36,7 +36,7 @@ def planted_network(sampler: dict) -> DiffMIC:
     """A DiffMIC whose sampling head's denoiser is the planted one (no EMA: the head samples)."""
     trunk = {"depth": 10, "stem_kernel": 3, "stem_stride": 1, "stem_max_pool": False}
     guidance = {"global_trunk": trunk, "use_local_stream": False}
-    network = DiffMIC(3, 1, guidance=guidance, width=4, encoder={"trunk": trunk}, ema_decay=None, sampler=sampler)
+    network = DiffMIC(3, 1, guidance=guidance, width=4, encoder={"trunk": trunk}, ema_decay=None, scheduler=sampler)
     network.head.denoiser = PlantedDenoiser()
     return network
 
@@ -74,13 +74,13 @@ def inputs(n=5, c=3, seed=0):
 def test_ddim_with_eta_1_is_the_ddpm_step_at_every_timestep(diffusion):
     """Over all T steps: the DDIM step (eta = 1, t -> t-1) has the posterior mean and variance of DDPM."""
     features, prior = inputs()
-    g = torch.Generator().manual_seed(1)
+    g, scheduler = torch.Generator().manual_seed(1), ReverseScheduler(diffusion)
     for t in range(1, T):
         y_t = prior + torch.randn(prior.shape, generator=g, dtype=torch.float64)
         eps_hat = planted_denoiser(features, y_t, prior, torch.full((5,), t))
         mean, variance = card_posterior(t, y_t, prior, eps_hat)
-        zero, _ = diffusion.step(eps_hat, t, t - 1, y_t, prior, eta=1.0, noise=torch.zeros_like(y_t))
-        one, _ = diffusion.step(eps_hat, t, t - 1, y_t, prior, eta=1.0, noise=torch.ones_like(y_t))
+        zero, _ = scheduler.step(eps_hat, t, t - 1, y_t, prior, "epsilon", eta=1.0, noise=torch.zeros_like(y_t))
+        one, _ = scheduler.step(eps_hat, t, t - 1, y_t, prior, "epsilon", eta=1.0, noise=torch.ones_like(y_t))
         assert torch.allclose(zero, mean, atol=1e-7, rtol=1e-6), f"mean at t={t}"
         assert torch.allclose((one - zero) ** 2, variance.expand_as(one), rtol=1e-6), f"variance at t={t}"
 
@@ -91,8 +91,8 @@ def test_ancestral_samplers_reproduce_cards_chain_step_by_step(diffusion, name, 
     every step with the same noise, the noise-free reparameterisation onto y0 last."""
     features, prior = inputs()
     network = planted_network({"name": name, "steps": steps})
-    assert network.sampler.timesteps(diffusion) == network.chain_timesteps == list(range(steps - 1, -1, -1))
-    noise = torch.randn(5, 1, network.noise_draws(), 3, generator=torch.Generator().manual_seed(2)).double()
+    assert network.scheduler.timesteps == list(range(steps - 1, -1, -1))
+    noise = torch.randn(5, 1, network.chain_noise_draws(), 3, generator=torch.Generator().manual_seed(2)).double()
     y0, path = network.sample(features, prior, noise, trajectory=True)
     y0, path, noise = y0[:, 0], [p[:, 0] for p in path], noise[:, 0]
     y = prior + noise[:, 0]
@@ -108,12 +108,12 @@ def test_ancestral_samplers_reproduce_cards_chain_step_by_step(diffusion, name, 
 
 def test_sampler_settings_are_checked(diffusion):
     with pytest.raises(ValueError, match="unknown sampler 'ddmp'"):
-        ReverseSampler("ddmp")
+        ReverseScheduler(diffusion, "ddmp")
     with pytest.raises(ValueError, match="eta must be in"):
-        ReverseSampler("ddim", 10, eta=2.0)
-    assert ReverseSampler("ddim", 10).num_draws(diffusion) == 1  # deterministic after the first draw
-    assert ReverseSampler("ddim", 10, eta=0.5).num_draws(diffusion) == 10
-    assert ReverseSampler("ddpm").describe(diffusion) == {"name": "ddpm", "steps": T, "eta": 1.0}
+        ReverseScheduler(diffusion, "ddim", 10, eta=2.0)
+    assert ReverseScheduler(diffusion, "ddim", 10).num_draws == 1  # deterministic after the first draw
+    assert ReverseScheduler(diffusion, "ddim", 10, eta=0.5).num_draws == 10
+    assert ReverseScheduler(diffusion, "ddpm").describe() == {"name": "ddpm", "steps": T, "eta": 1.0}
     with pytest.raises(ValueError, match=r"needs noise of shape \(5, 1, 1, 3\)"):
         planted_network({"name": "ddim"}).sample(*inputs(), torch.zeros(5, 1, 2, 3))
 
@@ -122,7 +122,7 @@ def tiny_network(sampler: dict) -> DiffMIC:
     trunk = {"depth": 10, "stem_kernel": 3, "stem_stride": 1, "stem_max_pool": False}
     guidance = {"global_trunk": trunk, "local_trunk": trunk, "num_rois": 2, "roi_size": 6}
     torch.manual_seed(0)
-    return DiffMIC(3, 1, guidance=guidance, width=32, encoder={"trunk": trunk}, sampler=sampler).eval()
+    return DiffMIC(3, 1, guidance=guidance, width=32, encoder={"trunk": trunk}, scheduler=sampler).eval()
 
 
 def test_predictions_do_not_depend_on_batch_size_or_order():
@@ -133,16 +133,40 @@ def test_predictions_do_not_depend_on_batch_size_or_order():
     images = torch.randn(32, 1, 16, 16, generator=torch.Generator().manual_seed(4))
     ids = [f"img_{i}" for i in range(32)]
     with torch.no_grad():
-        batched = inferer.predict(images, network, ids)
-        single = [inferer.predict(images[i : i + 1], network, ids[i : i + 1]) for i in range(32)]
+        batched = inferer.outputs(images, network, ids)
+        single = [inferer.outputs(images[i : i + 1], network, ids[i : i + 1]) for i in range(32)]
         order = torch.randperm(32, generator=torch.Generator().manual_seed(5))
-        shuffled = inferer.predict(images[order], network, [ids[i] for i in order])
+        shuffled = inferer.outputs(images[order], network, [ids[i] for i in order])
     for key in ("denoised", "probs", "entropy", "agreement"):  # an untrained denoiser reaches hundreds: rtol
         assert torch.allclose(torch.cat([s[key] for s in single]), batched[key], rtol=1e-4, atol=1e-5), key
         assert torch.allclose(shuffled[key], batched[key][order], rtol=1e-4, atol=1e-5), key
     assert not torch.allclose(batched["denoised"][:, 0], batched["denoised"][:, 1])  # samples differ
-    other_seed = DiffMICInferer(seed=4, num_samples=3).predict(images[:4], network, ids[:4])["denoised"]
+    other_seed = DiffMICInferer(seed=4, num_samples=3).outputs(images[:4], network, ids[:4])["denoised"]
     assert not torch.allclose(other_seed, batched["denoised"][:4])
+
+
+class ExportedBeforeTheRename(torch.nn.Module):
+    """What an inferer calls on a model.ts of bundle 0.4.0 or earlier: ``noise_draws``, not ``chain_noise_draws``."""
+
+    def __init__(self, network: DiffMIC) -> None:
+        super().__init__()
+        self.network, self.num_classes = network, network.num_classes
+
+    def noise_draws(self) -> int:
+        return self.network.chain_noise_draws()
+
+    def predict(self, images: torch.Tensor, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.network.predict(images, noise)
+
+
+def test_the_inferer_runs_a_model_exported_before_chain_noise_draws_was_named():
+    network = tiny_network({"name": "ddim", "steps": 4, "eta": 0.5})
+    old = ExportedBeforeTheRename(network)
+    assert not hasattr(old, "chain_noise_draws")
+    inferer = DiffMICInferer(seed=3, num_samples=2)
+    images, ids = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(4)), ["a", "b", "c"]
+    with torch.no_grad():
+        assert torch.equal(inferer.outputs(images, old, ids)["probs"], inferer.outputs(images, network, ids)["probs"])
 
 
 def test_probability_rule_keeps_the_argmax_and_sums_to_one():

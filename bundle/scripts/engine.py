@@ -396,7 +396,7 @@ class DiffMICEvaluator(SupervisedEvaluator):
             raise KeyError("batch without 'id': every datalist item needs an identifier (it seeds the sampling noise)")
         images, labels = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
         with engine.mode(engine.network):
-            out = engine.inferer.predict(images, engine.network, batchdata["id"])
+            out = engine.inferer.outputs(images, engine.network, batchdata["id"])
         output = {
             Keys.IMAGE: images,
             Keys.PRED: out["probs"],

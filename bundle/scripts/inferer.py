@@ -12,7 +12,7 @@ from torch import nn
 
 from .uncertainty import summarize_samples
 
-__all__ = ["ID_META_KEY", "DiffMICInferer", "unwrap"]
+__all__ = ["ID_META_KEY", "DiffMICInferer", "chain_noise_draws", "unwrap"]
 
 ID_META_KEY = "image_id"
 """The image metadata entry that holds the image id when the inferer is called without ``ids`` (MONAI Deploy's
@@ -27,6 +27,14 @@ def unwrap(network) -> nn.Module:
     if not isinstance(network, nn.Module) and isinstance(getattr(network, "predictor", None), nn.Module):
         return network.predictor
     return network
+
+
+def chain_noise_draws(model: nn.Module) -> int:
+    """Standard normal vectors one reverse chain of ``model`` consumes: :meth:`DiffMIC.chain_noise_draws`, or
+    ``noise_draws`` in a model.ts exported before that rename (bundle 0.4.0 and earlier)."""
+    if hasattr(model, "chain_noise_draws"):
+        return model.chain_noise_draws()
+    return model.noise_draws()
 
 
 def _meta_ids(inputs: torch.Tensor) -> list[str] | None:
@@ -45,6 +53,11 @@ class DiffMICInferer(Inferer):
     that computed it. The ``num_samples`` chains of a batch run as one batch of B x S rows; the
     backbones run once per image.
 
+    This is the one place the chains' noise is drawn (callers that run :meth:`DiffMIC.sample` themselves take it
+    from :meth:`noise`). It is not in the network: the seed comes from the image id (``zlib.crc32``, which
+    TorchScript cannot compile), and a network exported to TorchScript (model.ts) keeps only compiled methods, so
+    the network, eager or TorchScript, only consumes the noise it is given.
+
     Args:
         seed: the sampling seed.
         num_samples: S, reverse chains per image (their probabilities are averaged; their spread is
@@ -59,14 +72,15 @@ class DiffMICInferer(Inferer):
         self.num_samples = num_samples
 
     def noise(self, ids: Sequence[str], draws: int, num_classes: int, device: torch.device) -> torch.Tensor:
-        """Standard normal draws (len(ids), num_samples, draws, num_classes), one seeded generator per id."""
+        """Standard normal draws (len(ids), num_samples, draws, num_classes), one seeded generator per id; ``draws``:
+        :func:`chain_noise_draws` of the network, for the chains it runs."""
         rows = []
         for image_id in ids:
             generator = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{image_id}".encode()))
             rows.append(torch.randn(self.num_samples, draws, num_classes, generator=generator))
         return torch.stack(rows).to(device)
 
-    def predict(self, inputs: torch.Tensor, network: nn.Module, ids: Sequence | None = None) -> dict[str, torch.Tensor]:
+    def outputs(self, inputs: torch.Tensor, network: nn.Module, ids: Sequence | None = None) -> dict[str, torch.Tensor]:
         """Everything one pass gives about a batch; ``ids`` default to those in a MetaTensor's metadata
         (``ID_META_KEY``), else to the batch positions.
 
@@ -83,11 +97,11 @@ class DiffMICInferer(Inferer):
             inputs = inputs.as_tensor()
         if len(ids) != inputs.shape[0]:
             raise ValueError(f"{len(ids)} image ids for a batch of {inputs.shape[0]} images")
-        out = model.predict(inputs, self.noise(ids, model.noise_draws(), model.num_classes, inputs.device))
+        out = model.predict(inputs, self.noise(ids, chain_noise_draws(model), model.num_classes, inputs.device))
         out.update(summarize_samples(out["denoised"]))
         return out
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> torch.Tensor:
         """Mean class probabilities (B, num_classes); pass ``ids=`` (or a MetaTensor with ``ID_META_KEY`` in its
         metadata) to seed by image identifier."""
-        return self.predict(inputs, network, kwargs.get("ids"))["probs"]
+        return self.outputs(inputs, network, kwargs.get("ids"))["probs"]

@@ -7,7 +7,7 @@ from torch.optim.swa_utils import AveragedModel
 from .dcg import DualGranularityGuidance
 from .denoiser import ConditionalDenoiser, DiffusionHead, ImageEncoder
 from .diffusion import PriorShiftedDiffusion
-from .sampler import ReverseSampler
+from .scheduler import ReverseScheduler
 
 __all__ = ["DiffMIC", "ExponentialMovingAverage", "warmup_ema"]
 
@@ -52,10 +52,13 @@ class DiffMIC(nn.Module):
     """The DiffMIC classifier (Yang et al., MICCAI 2023).
 
     ``forward(images)`` returns one denoised label vector per image: reverse diffusion from
-    N(prior, I) with ``sampler`` (10 DDIM steps by default), with the EMA head when there is one.
+    N(prior, I) with :attr:`scheduler` (10 DDIM steps by default), with the EMA head when there is one.
     With ``use_diffusion=False`` (the ``basic`` ablation) it returns the softmax of the guidance logits.
-    The module compiles with ``torch.jit.script``: ``forward``, :meth:`predict` and :meth:`noise_draws`
+    The module compiles with ``torch.jit.script``: ``forward``, :meth:`predict` and :meth:`chain_noise_draws`
     (all an inferer needs) run the whole reverse sampling in TorchScript.
+
+    The steps of a caller that does not need :meth:`predict`'s saliency: :meth:`prior` (the fused DCG prior),
+    :meth:`features` (rho(x)), then :meth:`sample` with :meth:`chain_noise_draws` draws per chain.
 
     Args:
         num_classes: number of classes.
@@ -68,13 +71,12 @@ class DiffMIC(nn.Module):
         ema_decay: decay of the exponential moving average of the encoder and denoiser weights and
             BatchNorm statistics (ramped up, see :func:`warmup_ema`); None for no EMA (then the trained
             weights are used for sampling).
-        sampler: keyword arguments of :class:`ReverseSampler` (name, steps, eta); it is not part of
-            the trained state, so evaluation may choose another one for the same checkpoint.
+        scheduler: keyword arguments of :class:`ReverseScheduler` (name, steps, eta); it is not part of
+            the trained state, so evaluation may choose another one for the same checkpoint
+            (:meth:`set_scheduler`).
     """
 
     __constants__ = ["use_diffusion", "has_ema"]  # TorchScript compiles only the parts a network has
-    __jit_ignored_attributes__ = ["sampler"]  # its settings are compiled in as chain_timesteps, chain_eta
-    chain_timesteps: list[int]  # annotated: a basic network's empty list has no type TorchScript could infer
 
     def __init__(
         self,
@@ -86,7 +88,7 @@ class DiffMIC(nn.Module):
         encoder: dict | None = None,
         diffusion: dict | None = None,
         ema_decay: float | None = 0.9999,
-        sampler: dict | None = None,
+        scheduler: dict | None = None,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -103,35 +105,34 @@ class DiffMIC(nn.Module):
             if ema_decay is not None:
                 self.ema = ExponentialMovingAverage(self.head, multi_avg_fn=warmup_ema(ema_decay), use_buffers=True)
                 self.ema.requires_grad_(False)  # updated by averaging, never by an optimizer
-        self.use_sampler(ReverseSampler(**(sampler or {})))
+        self.scheduler: ReverseScheduler | None = None  # basic: no chain
+        self.set_scheduler(**(scheduler or {}))
 
-    def use_sampler(self, sampler: ReverseSampler) -> None:
-        """Makes ``sampler`` the reverse chain of :meth:`sample` (a script keeps the chain it was compiled with).
-
-        The chain's timesteps, eta and draws per chain are attributes, not read from ``sampler`` at each
-        call, so that TorchScript compiles them.
-        """
-        self.sampler = sampler
-        self.chain_timesteps = sampler.timesteps(self.diffusion) if self.use_diffusion else []
-        self.chain_eta = sampler.eta
-        self.chain_draws = sampler.num_draws(self.diffusion) if self.use_diffusion else 1
+    def set_scheduler(self, name: str = "ddim", steps: int = 10, eta: float = 0.0) -> None:
+        """Makes a :class:`ReverseScheduler` with these settings the reverse chain of :meth:`sample` (a script
+        keeps the chain it was compiled with); no-op without diffusion."""
+        if self.use_diffusion:
+            self.scheduler = ReverseScheduler(self.diffusion, name, steps, eta)
 
     @staticmethod
     def priors(guidance: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The class priors handed to the diffusion: softmaxes of the guidance logits."""
         return {k: torch.softmax(guidance[k], dim=1) for k in ("fused", "global", "local")}
 
+    def prior(self, images: torch.Tensor) -> torch.Tensor:
+        """The fused DCG prior (B, num_classes) the reverse chain starts from."""
+        return torch.softmax(self.dcg(images)["fused"], dim=1)
+
     def update_ema(self) -> None:
         """Moves the EMA weights one step towards the trained ones (no-op without EMA)."""
         if self.ema is not None:
             self.ema.update_parameters(self.head)
 
-    def sampling_head(self) -> DiffusionHead:
-        """The encoder and denoiser used for sampling: the EMA copy when there is one."""
-        return self.ema.module if self.ema is not None else self.head
+    # The sampling head (the EMA copy when there is one, else the trained head) is read only by the two methods
+    # below. TorchScript cannot return a submodule from a method, so each picks it with the constant ``has_ema``.
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """rho(x) from the sampling head's encoder (the EMA copy when there is one)."""
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """rho(x) (B, width) from the sampling head's encoder (the EMA copy when there is one)."""
         if self.has_ema:
             return self.ema.module.encoder(images)
         return self.head.encoder(images)
@@ -143,21 +144,26 @@ class DiffMIC(nn.Module):
         return self.head.denoiser(features, y_t, prior, t)
 
     @torch.jit.export
-    def noise_draws(self) -> int:
-        """Standard normal vectors one reverse chain of :attr:`sampler` consumes (1 without diffusion)."""
-        return self.chain_draws
+    def chain_noise_draws(self) -> int:
+        """Standard normal vectors one reverse chain of :attr:`scheduler` consumes (1 without diffusion).
+
+        Not ``noise_draws``: that is the training setting, (t, eps) draws per image per denoiser step. model.ts
+        files exported before the rename (bundle 0.4.0 and earlier) call this method ``noise_draws``."""
+        if self.use_diffusion:
+            return self.scheduler.num_draws
+        return 1
 
     def sample(
         self, features: torch.Tensor, prior: torch.Tensor, noise: torch.Tensor, trajectory: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Reverse diffusion of S chains per image, batched into one pass per step.
 
-        Every step runs in float64 (see :meth:`PriorShiftedDiffusion.step`).
+        Every step runs in float64 (see :meth:`ReverseScheduler.step`).
 
         Args:
-            features: rho(x) from the sampling head's encoder, shape (B, width).
-            prior: the fused prior, shape (B, num_classes).
-            noise: standard normal draws, shape (B, S, :meth:`noise_draws`, num_classes): the initial
+            features: rho(x), :meth:`features`, shape (B, width).
+            prior: the fused prior, :meth:`prior`, shape (B, num_classes).
+            noise: standard normal draws, shape (B, S, :meth:`chain_noise_draws`, num_classes): the initial
                 draw, then one per noisy step.
             trajectory: whether to return the visited states too.
 
@@ -165,24 +171,25 @@ class DiffMIC(nn.Module):
             denoised label vectors (B, S, num_classes), in ``prior``'s dtype, and, if asked for, the
             states at every visited timestep, each (B, S, num_classes) in float64 (from y_T to y0).
         """
-        batch, samples = noise.shape[0], noise.shape[1]
-        if noise.dim() != 4 or noise.shape[2] != self.chain_draws or noise.shape[3] != prior.shape[1]:
-            expected = f"({batch}, {samples}, {self.chain_draws}, {prior.shape[1]})"
+        batch, samples, draws = noise.shape[0], noise.shape[1], self.chain_noise_draws()
+        if noise.dim() != 4 or noise.shape[2] != draws or noise.shape[3] != prior.shape[1]:
+            expected = f"({batch}, {samples}, {draws}, {prior.shape[1]})"
             raise ValueError(f"the chain needs noise of shape {expected}, got {noise.shape}")
         features = features.repeat_interleave(samples, dim=0)
         prior = prior.repeat_interleave(samples, dim=0)
         noise = noise.flatten(0, 1)
         y = prior.double() + noise[:, 0].double()
         path: list[torch.Tensor] = [y] if trajectory else []
-        steps = self.chain_timesteps
+        steps = self.scheduler.timesteps
         for i in range(len(steps)):
             t_next = steps[i + 1] if i + 1 < len(steps) else -1
             t = torch.full([prior.shape[0]], steps[i], dtype=torch.long, device=prior.device)
             output = self.denoise(features, y.to(prior.dtype), prior, t)
             step_noise: torch.Tensor | None = None
-            if self.chain_eta > 0 and t_next >= 0:
+            if self.scheduler.eta > 0 and t_next >= 0:
                 step_noise = noise[:, i + 1]
-            y = self.diffusion.step(output, steps[i], t_next, y, prior, self.chain_eta, step_noise)[0]
+            prediction_type, eta = self.diffusion.prediction_type, self.scheduler.eta
+            y = self.scheduler.step(output, steps[i], t_next, y, prior, prediction_type, eta, step_noise)[0]
             if trajectory:
                 path.append(y)
         return y.to(prior.dtype).view(batch, samples, -1), [p.view(batch, samples, -1) for p in path]
@@ -193,7 +200,7 @@ class DiffMIC(nn.Module):
 
         Args:
             images: shape (B, C, H, W).
-            noise: the chains' standard normal draws (B, S, :meth:`noise_draws`, num_classes); one
+            noise: the chains' standard normal draws (B, S, :meth:`chain_noise_draws`, num_classes); one
                 chain per image, freshly drawn, if None.
 
         Returns:
@@ -206,9 +213,9 @@ class DiffMIC(nn.Module):
         out["saliency"] = guidance["saliency"]
         out["rois"] = guidance["rois"]
         if noise is None:
-            noise = torch.randn(images.shape[0], 1, self.chain_draws, self.num_classes, device=images.device)
+            noise = torch.randn(images.shape[0], 1, self.chain_noise_draws(), self.num_classes, device=images.device)
         if self.use_diffusion:
-            out["denoised"] = self.sample(self.encode(images), out["fused"], noise)[0]
+            out["denoised"] = self.sample(self.features(images), out["fused"], noise)[0]
         else:
             out["denoised"] = out["fused"].unsqueeze(1).expand(-1, noise.shape[1], -1)
         return out

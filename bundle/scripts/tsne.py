@@ -26,7 +26,7 @@ def reverse_chain_states(
 ) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
     """The label vectors of every image at every timestep its first reverse chain visits.
 
-    The chain and its noise are the ones evaluation uses (the network's sampler, noise seeded per image id).
+    The chain and its noise are the ones evaluation uses (the network's scheduler, noise seeded per image id).
 
     Returns:
         one (N, num_classes) array per visited state (y_T first, y0 last), the N true labels, and a name
@@ -40,16 +40,14 @@ def reverse_chain_states(
     for batch in dataloader:
         images = batch["image"][: max_images - seen].to(device)
         ids = list(batch["id"])[: images.shape[0]]
-        prior = model.priors(model.dcg(images))["fused"]
-        features = model.sampling_head().encoder(images)
-        noise = inferer.noise(ids, model.noise_draws(), model.num_classes, device)[:, :1]
-        _, path = model.sample(features, prior, noise, trajectory=True)
+        noise = inferer.noise(ids, model.chain_noise_draws(), model.num_classes, device)[:, :1]
+        _, path = model.sample(model.features(images), model.prior(images), noise, trajectory=True)
         states.append(torch.stack([p[:, 0] for p in path]).cpu())
         labels.append(torch.as_tensor(batch["label"]).reshape(-1)[: images.shape[0]])
         seen += images.shape[0]
         if seen >= max_images:
             break
-    steps = model.sampler.timesteps(model.diffusion)
+    steps = model.scheduler.timesteps
     names = [f"t = {steps[0]} (start)"] + [f"t = {t}" for t in steps[1:]] + ["denoised y0"]
     stacked = torch.cat(states, dim=1).numpy()
     return list(stacked), torch.cat(labels).long().numpy(), names
