@@ -117,8 +117,8 @@ def evaluation_predictions(path: Path, run: dict[str, str], evaluation: dict[str
         evaluation: its split and num_samples.
 
     Returns:
-        rows of ``PREDICTION_FIELDS`` plus ``prob_0``... (and ``prior_prob_0``..., ``vote_agreement`` where the
-        file has the prior's probabilities): class i is the i-th ``prob_<name>`` column of the file (the
+        rows of ``PREDICTION_FIELDS`` plus ``prob_0``... (and ``prior_prob_0``..., ``vote_agreement``,
+        ``label_mean_0``... where the file has them): class i is the i-th ``prob_<name>`` column of the file (the
         config's class order), and every label is written as its class index.
     """
     rows = read_rows(path)
@@ -132,6 +132,8 @@ def evaluation_predictions(path: Path, run: dict[str, str], evaluation: dict[str
         if f"prior_prob_{names[0]}" in r:  # since the prior's probabilities; and the samples' agreement
             row.update({f"prior_prob_{i}": r[f"prior_prob_{name}"] for i, name in enumerate(names)})
             row["vote_agreement"] = r["vote_agreement"]
+        if f"label_mean_{names[0]}" in r:  # since the ranking scores
+            row.update({f"label_mean_{i}": r[f"label_mean_{name}"] for i, name in enumerate(names)})
         out.append(row)
     return out
 
@@ -158,6 +160,8 @@ def prediction_rows(runs: Sequence[tuple[Path, dict[str, str]]]) -> tuple[list[d
     fields = PREDICTION_FIELDS + [f"prob_{i}" for i in range(classes)]
     if any("prior_prob_0" in r for r in merged.values()):  # evaluations before the prior's probabilities: none
         fields += [f"prior_prob_{i}" for i in range(classes)] + ["vote_agreement"]
+    if any("label_mean_0" in r for r in merged.values()):
+        fields += [f"label_mean_{i}" for i in range(classes)]
     order = PREDICTION_FIELDS[:7]
     return sorted(merged.values(), key=lambda r: (sort_key(r, order), image_number(r["id"]))), fields
 

@@ -111,6 +111,7 @@ class Evaluation(NamedTuple):
     probs: np.ndarray  # images x classes, of the denoised prediction
     prior_probs: np.ndarray | None = None  # images x classes, of the fused prior (evaluations since 2026-12-01)
     agreement: np.ndarray | None = None  # the share of samples that voted for the majority label (idem)
+    label_mean: np.ndarray | None = None  # images x classes, the samples' unclipped mean label vector (study 4)
 
 
 EvaluationKey = tuple[str, str, str, str, str, str]  # dataset, setting, variant, seed, num_samples, split
@@ -214,6 +215,9 @@ def evaluations(rows: Sequence[dict[str, str]]) -> dict[EvaluationKey, Evaluatio
             prior_probs = [[float(r["prior_" + c]) for c in classes] for r in group]
             agreement = [float(r["vote_agreement"]) for r in group]
             out[key] = out[key]._replace(prior_probs=np.array(prior_probs), agreement=np.array(agreement))
+        if group[0].get("label_mean_0"):
+            label_mean = [[float(r["label_mean_" + c.removeprefix("prob_")]) for c in classes] for r in group]
+            out[key] = out[key]._replace(label_mean=np.array(label_mean))
     return out
 
 
@@ -937,6 +941,8 @@ def medmnist_schedule_table(metrics: list[dict[str, str]], predictions: list[dic
             if not found:
                 continue
             accuracy, _, auc = metric_columns(row.prediction)
+            ranked = row.variant != "basic" and row.prediction == "denoised"  # study 4's score: the label mean
+            auc = "auc_label_mean" if ranked else auc
             cells = [name, row.label, str(len({r["seed"] for r in found}))]
             for split in ("validation", "test"):
                 chosen = select(found, split=split)
@@ -944,7 +950,7 @@ def medmnist_schedule_table(metrics: list[dict[str, str]], predictions: list[dic
             first = runs.get((dataset, row.setting, row.variant, "0", row.samples, "test"))
             intervals = ("-", "-")
             if first is not None:
-                scores = first.prior_probs if row.prediction == "prior" else first.probs
+                scores = first.prior_probs if row.prediction == "prior" else first.label_mean if ranked else first.probs
                 intervals = bootstrap_intervals(first.true, labels_of(first, row.prediction), scores)
             cells += [*intervals, published_verdict(dataset, intervals) if row.variant == "basic" else "-"]
             rows.append(cells)
@@ -1019,7 +1025,7 @@ def uncertainty_table(predictions: list[dict[str, str]]) -> str:
         cells = [setting, DISPLAY_NAMES.get(dataset, dataset), seed, split]
         for u, correct in uncertainties(found).values():
             referred = " / ".join(f"{referred_accuracy(correct, u, s):.3f}" for s in REFERRED)
-            cells += [f"{error_auroc(correct, u):.3f}", referred]
+            cells += [f"{error_auroc(correct, u):.3f}", referred if np.ptp(u) > 0 else "- (equal on every image)"]
         rows.append(cells)
     shares = "/".join(f"{100 * s:.0f}" for s in REFERRED)
     header = ["setting", "dataset", "seed", "split"]
@@ -1040,7 +1046,8 @@ def draw_risk_coverage(predictions: Sequence[dict[str, str]], path: Path, split:
     shares = np.linspace(0.0, 0.5, 51)
     for ax, ((dataset, setting, _, seed, _, _), evaluation) in zip(axes[0], found.items(), strict=False):
         for name, (u, correct) in uncertainties(evaluation).items():
-            ax.plot(100 * shares, [referred_accuracy(correct, u, s) for s in shares], label=name)
+            if np.ptp(u) > 0:  # an uncertainty equal on every image ranks nothing (S samples that all agree)
+                ax.plot(100 * shares, [referred_accuracy(correct, u, s) for s in shares], label=name)
         ax.set_title(f"{DISPLAY_NAMES.get(dataset, dataset)}, {setting}, seed {seed}, {split}")
         ax.set_xlabel("images referred, most uncertain first (%)")
         ax.set_ylabel("accuracy of the rest")

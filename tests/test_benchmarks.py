@@ -141,11 +141,12 @@ def test_report_rebuilds_the_committed_pages_from_the_csvs(tmp_path):
     for page in pages:  # the committed pages are up to date, and a second run would change nothing
         assert built[page] == (tmp_path / page).read_text() == (docs / page).read_text(), page
     figures = [name for section in report.MAP for name in section.figures]
-    assert len(figures) == 6
+    assert len(figures) == 7
     for name in figures:
         assert (tmp_path / "images" / name).read_bytes().startswith(b"\x89PNG")
-    names = ["diffusion_study_cpu", "diagnostics_cpu", "test_selection_cpu", "ablation_y0", "published"]
-    names += ["paper_datasets_cpu", "evaluation_y0_cpu", "speed_h200", "speed_cpu", "sampling_steps_y0_cpu"]
+    names = ["diffusion_study_cpu", "diagnostics_cpu", "medmnist_schedule_cpu", "second_view_cpu", "ranking_cpu"]
+    names += ["test_selection_cpu", "ablation_y0", "published", "paper_datasets_cpu", "uncertainty_cpu"]
+    names += ["evaluation_y0_cpu", "speed_h200", "speed_cpu", "sampling_steps_y0_cpu"]
     names += ["smallest_k_y0_cpu", "study_h100", "seeds", "fixed_prior_cpu", "learning_rate_cpu"]
     names += ["small_recipe_cpu", "headline", "evaluation_h200", "ablation_h200", "flips_h200", "study_h200"]
     names += ["evaluation_cpu", "study_cpu", "sampling_steps_cpu", "smallest_k_cpu"]
@@ -271,6 +272,50 @@ def table_rows(text: str, name: str, first: str, second: str) -> list[list[str]]
     block = text.split(f"<!-- table:{name} -->\n", 1)[1].split("<!-- end -->", 1)[0]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines() if line.startswith("|")]
     return [r for r in rows[2:] if r[0].startswith(first) and r[1].startswith(second)]
+
+
+def test_report_second_view_and_uncertainty_tables_on_a_planted_case():
+    """The second view averages the prior with basic's probabilities; each uncertainty is judged on its own
+    prediction; an uncertainty equal on every image refers nothing (samples that all agree)."""
+    from sklearn.metrics import roc_auc_score
+
+    report = load_script("report")
+    run = dict(dataset="breastmnist", recipe="small", seed="0", split="test", num_samples="10")
+    full, basic = [], []
+    truth = [1, 1, 0, 0]
+    prior = [[0.4, 0.6], [0.55, 0.45], [0.3, 0.7], [0.9, 0.1]]  # right, wrong (unsure), wrong (sure), right
+    denoised = [[0.0, 1.0], [0.2, 0.8], [0.0, 1.0], [1.0, 0.0]]  # right, right, wrong, right
+    basic_probs = [[0.2, 0.8], [0.3, 0.7], [0.8, 0.2], [0.6, 0.4]]  # all right
+    for i in range(4):
+        ids = dict(id=f"b_test_{i}", true_label=str(truth[i]))
+        full.append(
+            dict(run, setting="y0_medmnist", variant="full", **ids, predicted_label=str(int(denoised[i][1] > 0.5)))
+            | dict(prior_label=str(int(prior[i][1] > 0.5)), prob_0=str(denoised[i][0]), prob_1=str(denoised[i][1]))
+            | dict(prior_prob_0=str(prior[i][0]), prior_prob_1=str(prior[i][1]), vote_agreement="1.0")
+        )
+        basic.append(
+            dict(
+                run, setting="basic_medmnist", variant="basic", **ids, predicted_label=str(int(basic_probs[i][1] > 0.5))
+            )
+            | dict(prior_label="0", prob_0=str(basic_probs[i][0]), prob_1=str(basic_probs[i][1]))
+        )
+
+    def rows(table: str, first: str, second: str) -> list[list[str]]:
+        return table_rows(f"<!-- table:t -->\n{table}\n<!-- end -->", "t", first, second)
+
+    second = rows(report.second_view_table(full + basic), "BreastMNIST", "0")[0]
+    # the mean of prior and basic: [0.3, 0.7], [0.425, 0.575], [0.55, 0.45], [0.75, 0.25]: all 4 right, where
+    # the prior gets 2 (McNemar: 2 discordant images, both for the mean); a tied pair counts half in an AUC
+    assert second[3:] == ["4", "0.500 / 0.500", "1.000 / 1.000", "0.750 / 0.625", "1.000 / 1.000"] + [
+        "0.750 / 1.000",
+        "0.5",
+    ]
+    uncertainty = rows(report.uncertainty_table(full + basic), "y0_medmnist", "BreastMNIST")[0]
+    # prior entropy: highest on image 1 (0.55/0.45, wrong), then 0 (right), 2 (wrong), 3: errors 1 and 2
+    prior_u = [-sum(p * np.log(p) for p in row) for row in prior]
+    assert uncertainty[8] == f"{roc_auc_score([0, 1, 1, 0], prior_u):.3f}"
+    assert uncertainty[6:8] == ["0.500", "- (equal on every image)"]  # every sample agreed: no disagreement
+    assert uncertainty[4] == "0.333"  # denoised entropy: the wrong image 2 ties two right ones at 0 nats, below one
 
 
 def test_report_auc_and_bootstrap_agree_with_sklearn():

@@ -80,6 +80,8 @@ def test_evaluation_writes_every_metric_table_and_figure(evaluation, trained_bun
         "prior_label",
         "prior_prob_malignant",
         "prior_prob_normal_or_benign",
+        "label_mean_malignant",
+        "label_mean_normal_or_benign",
     ]
     accuracy = np.mean([r["true_label"] == r["predicted_label"] for r in rows])
     prior = np.array([[float(r["prior_prob_malignant"]), float(r["prior_prob_normal_or_benign"])] for r in rows])

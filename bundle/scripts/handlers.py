@@ -66,7 +66,8 @@ class PredictionReport:
     - ``predictions.csv``: one row per image: ``id``, ``true_label`` (when labels exist),
       ``predicted_label``, ``prob_<class>`` per class, ``entropy`` (nats), ``vote_label`` and
       ``vote_agreement`` of the samples, ``prior_label`` and ``prior_prob_<class>`` (the DCG's fused
-      prior alone: the ranking, the second view and the uncertainty baseline the benchmarks compare with);
+      prior alone: the ranking, the second view and the uncertainty baseline the benchmarks compare with),
+      ``label_mean_<class>`` (the samples' unclipped mean label vector: a ranking score without ties);
     - with labels: ``metrics.json`` (the denoised prediction's metrics, the same for each prior in
       ``priors``, uncertainty metrics, and ``info``), ``confusion_matrix.png`` and ``calibration.png``.
 
@@ -140,6 +141,8 @@ class PredictionReport:
             row["prior_label"] = self.class_names[int(r["prior"]["fused"].argmax())]
             prior = zip(self.class_names, r["prior"]["fused"].tolist(), strict=True)
             row.update({f"prior_prob_{name}": f"{p:.6f}" for name, p in prior})
+            label_mean = zip(self.class_names, r["label_mean"].tolist(), strict=True)
+            row.update({f"label_mean_{name}": f"{v:.6f}" for name, v in label_mean})
             rows.append(row)
         return rows
 
