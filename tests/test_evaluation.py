@@ -120,7 +120,13 @@ def test_inference_on_a_folder_matches_evaluation_rows(evaluation, trained_bundl
     assert sorted(rows) == sorted([f"breastmnist_test_{i}" for i in range(7)] + ["nested/rgb"])
     assert "true_label" not in rows["nested/rgb"] and not (out / "metrics.json").exists()
     evaluated = {r["id"]: r for r in read_rows(evaluation["dir"] / "predictions.csv")}
-    numbers = ("prob_", "entropy", "vote_agreement")  # equal up to float rounding: batches of 3 here, 32 there
+    numbers = (
+        "prob_",
+        "entropy",
+        "vote_agreement",
+        "prior_prob_",
+        "label_mean_",
+    )  # equal up to float rounding: batches of 3 here, 32 there
     for image_id, row in rows.items():
         if image_id.startswith("breastmnist_test_"):
             expected = {k: v for k, v in evaluated[image_id].items() if k != "true_label"}
