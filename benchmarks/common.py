@@ -58,7 +58,8 @@ def append_row(path: Path, row: dict[str, Any], columns: Sequence[str], lineterm
 
     Args:
         path: the CSV file, created with its folder if missing.
-        row: values by column; a column it lacks is left blank, one it has beyond ``columns`` is an error.
+        row: values by column; a column it lacks is left blank, one it has beyond ``columns`` is an error, and
+            so is a file whose header is not ``columns``.
         columns: the file's columns, in order.
         lineterminator: ``\\r\\n`` is the csv module's default (train_evaluate.py's files); speed.py and
             preprocessing.py write ``\\n``.
@@ -68,6 +69,9 @@ def append_row(path: Path, row: dict[str, Any], columns: Sequence[str], lineterm
     if not path.is_file() or path.stat().st_size == 0:
         writer.writeheader()
     else:
+        with open(path, newline="") as f:  # a file of an older version of the script: the row would misalign
+            if next(csv.reader(f), []) != list(columns):
+                raise SystemExit(f"{path} has other columns than this script writes: move it aside")
         with open(path, "rb") as f:
             f.seek(-1, os.SEEK_END)
             if f.read(1) != b"\n":

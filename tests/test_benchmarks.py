@@ -636,6 +636,9 @@ def test_common_csv_appends_whole_rows_and_resumes_past_a_cut_row(tmp_path):
     assert common.recorded_keys(path, ["name", "setting"], missing="default") == {("a", "default"), ("c, d", "default")}
     with pytest.raises(SystemExit, match="other columns"):  # appending would misalign
         common.recorded_rows(path, ["name"])
+    with pytest.raises(SystemExit, match="other columns"):  # a script that gained a column since the file began
+        common.append_row(path, {"name": "e", "value": 2, "new": 3}, [*columns, "new"])
+    assert len(read_rows(path)) == 3
 
 
 def test_test_selection_tiny_run_records_both_splits_per_joint_epoch(tmp_path):
