@@ -986,19 +986,16 @@ def second_view_table(predictions: list[dict[str, str]]) -> str:
     return markdown(header + ["McNemar p, mean of prior and basic vs prior"], rows)
 
 
-def entropy(probs: np.ndarray) -> np.ndarray:
-    """Per row, the entropy in nats (0 log 0 = 0)."""
-    return -np.sum(probs * np.log(np.where(probs > 0, probs, 1.0)), axis=1)
-
-
 def uncertainties(evaluation: Evaluation) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Each uncertainty compared, with the correctness of the prediction it goes with: the denoised entropy and
     the samples' disagreement (the denoised label), the fused prior's softmax entropy (the prior's label)."""
+    from scipy.stats import entropy  # per row, in nats (0 log 0 = 0)
+
     denoised, prior = evaluation.predicted == evaluation.true, evaluation.prior == evaluation.true
     return {
-        "denoised entropy": (entropy(evaluation.probs), denoised),
+        "denoised entropy": (entropy(evaluation.probs, axis=1), denoised),
         "samples' disagreement": (1.0 - evaluation.agreement, denoised),
-        "prior entropy": (entropy(evaluation.prior_probs), prior),
+        "prior entropy": (entropy(evaluation.prior_probs, axis=1), prior),
     }
 
 
