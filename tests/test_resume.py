@@ -85,7 +85,7 @@ def test_killed_training_resumes_to_the_uninterrupted_result(trained_bundle, tmp
 def test_latest_checkpoint_is_plain_tensors_with_every_state(trained_bundle):
     checkpoint = torch.load(latest_checkpoint(str(trained_bundle["dir"] / "models")), weights_only=True)
     states = {"network", "optimizer", "dcg_optimizer", "lr_scheduler", "dcg_lr_scheduler", "trainer", "selection"}
-    assert set(checkpoint) == states
+    assert set(checkpoint) == states | {"fold_guidance"} and checkpoint["fold_guidance"] == {}  # prior_folds 0
     assert checkpoint["trainer"]["iteration"] == 3 * checkpoint["trainer"]["epoch_length"] == 3 * 17  # 3 epochs
     assert any(k.startswith("ema.") for k in checkpoint["network"])  # the EMA head and its update count
     assert checkpoint["selection"]["best_metric_epoch"] in (2, 3)  # validation runs on the joint epochs only

@@ -161,6 +161,8 @@ def test_cli_training_smoke(tmp_path):
         "0.001",
         "--dcg_lr_milestones",
         "[1]",  # the DCG's rate x0.1 after epoch 1, as a user types the list
+        "--prior_folds",
+        "2",  # cross-fitted priors: two DCG copies, in the latest checkpoint and not in model.pt
     ]
     env = dict(os.environ, DIFFMIC_DATA_DIR=str(data_dir))
     done = subprocess.run(args, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=600)
@@ -170,6 +172,9 @@ def test_cli_training_smoke(tmp_path):
     latest = torch.load(tmp_path / "models" / "latest_checkpoint_epoch=2.pt", weights_only=True)
     assert latest["dcg_lr_scheduler"]["milestones"] == {1: 1}
     assert [g["lr"] for g in latest["dcg_optimizer"]["param_groups"]] == [pytest.approx(1e-4)]
+    copies = {k.split(".")[1] for k in latest["fold_guidance"]}
+    assert copies == {"0", "1"} and not any("copies" in k for k in torch.load(tmp_path / "models" / "model.pt"))
+    assert "loss_ce_folds" in done.stderr + done.stdout  # logged beside the DCG's own cross-entropy
 
 
 def test_medmnist_download_is_checked_and_atomic(tmp_path):

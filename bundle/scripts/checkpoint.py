@@ -243,7 +243,10 @@ def _horizon(scheduler: object) -> dict:
 
 
 def _inert(obj: object) -> bool:
-    """A step LR schedule without milestones: it never changes a rate, so a checkpoint may lack it."""
+    """What a checkpoint of an older version may lack: a step LR schedule without milestones (it never changes a
+    rate) and a module without state (no cross-fitted priors' DCG copies)."""
+    if isinstance(obj, nn.Module):
+        return not obj.state_dict()
     return isinstance(obj, torch.optim.lr_scheduler.MultiStepLR) and not obj.milestones
 
 

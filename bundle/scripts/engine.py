@@ -20,6 +20,7 @@ from monai.utils.enums import CommonKeys as Keys
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from .crossfit import FoldGuidance
 from .inferer import DiffMICInferer, unwrap
 from .losses import DiffMICLoss
 
@@ -49,7 +50,10 @@ class DiffMICTrainer(SupervisedTrainer):
     three streams, and the image features are computed once and shared by them. After ``dcg_epochs`` the
     DCG stops training: it runs in eval mode without gradients, so the encoder and denoiser learn on the
     fixed priors that validation and inference see. Without diffusion (the ``basic`` ablation) every
-    epoch is a cross-entropy epoch.
+    epoch is a cross-entropy epoch. With ``fold_guidance`` (cross-fitted priors, :mod:`scripts.crossfit`) the
+    DCG's copies take their cross-entropy steps beside it, each on the batch's images outside its fold
+    (``loss_ce_folds``, not part of ``loss``), and the denoiser is conditioned on each image's out-of-fold
+    eval-mode prior instead of the DCG's own.
 
     Each step fires MONAI's ``IterationEvents`` as :class:`~monai.engines.SupervisedTrainer` does:
     ``FORWARD_COMPLETED`` (``engine.state.output`` holds ``image``, ``label`` and ``pred``, the DCG's fused
@@ -88,6 +92,9 @@ class DiffMICTrainer(SupervisedTrainer):
         diffusion_loss: the encoder and denoiser's loss, a module with :class:`~scripts.losses.DiffMICLoss`'s
             call and ``streams`` (train.yaml's ``train#diffusion_loss``); None builds a DiffMICLoss from
             ``mmd_weight``, ``mmd_bandwidths`` and ``prior_error_weight`` (ignored when a loss is given).
+        fold_guidance: a :class:`~scripts.crossfit.FoldGuidance` for cross-fitted priors (its copies' parameters
+            in ``dcg_optimizer``, every batch with the ``id`` of its images); None or an empty one: the DCG's
+            own priors. Ignored without diffusion.
         other arguments: as :class:`monai.engines.SupervisedTrainer`.
     """
 
@@ -109,6 +116,7 @@ class DiffMICTrainer(SupervisedTrainer):
         dcg_network: torch.nn.Module | None = None,
         head_network: torch.nn.Module | None = None,
         diffusion_loss: torch.nn.Module | None = None,
+        fold_guidance: FoldGuidance | None = None,
         **kwargs,
     ) -> None:
         if dcg_epochs is not None and dcg_epochs < warmup_epochs:
@@ -149,6 +157,14 @@ class DiffMICTrainer(SupervisedTrainer):
         self.noise_draws = noise_draws
         self.diffusion_loss = diffusion_loss or DiffMICLoss(mmd_weight, mmd_bandwidths, prior_error_weight)
         self.grad_clip = grad_clip
+        self.fold_guidance = fold_guidance if fold_guidance is not None and fold_guidance.active else None
+        if self.fold_guidance is not None:
+            optimized = {id(p) for group in dcg_optimizer.param_groups for p in group["params"]}
+            if any(id(p) not in optimized for p in self.fold_guidance.parameters()):
+                raise ValueError(
+                    "fold_guidance's DCG copies must train with the DCG: put their parameters in dcg_optimizer "
+                    "(train.yaml: train#dcg_optimizer#params)"
+                )
 
     def in_warmup(self) -> bool:
         """True while the DCG trains alone (always, without diffusion)."""
@@ -208,28 +224,48 @@ class DiffMICTrainer(SupervisedTrainer):
         model = unwrap(engine.network)
         engine.network.train()
         engine.state.output = {Keys.IMAGE: images, Keys.LABEL: labels}  # as MONAI's trainer, before the forward
-        guidance = engine._guidance(model, images, labels)
-        if guidance is not None:
-            engine._denoiser_step(model, images, labels, model.priors(guidance))
+        folds = engine._folds(model, batchdata, images.device)
+        priors = engine._priors(model, images, labels, folds)
+        if priors is not None:
+            engine._denoiser_step(model, images, labels, priors)
         # as MONAI's engines: decollation (decollate: true) and postprocessing run on this event
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
 
-    def _guidance(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict | None:
-        """The DCG outputs the denoiser learns from in this iteration, after the DCG's own step while it trains.
+    def _folds(self, model: torch.nn.Module, batchdata: dict, device: torch.device) -> torch.Tensor | None:
+        """The fold of each image of the batch when the priors are cross-fitted (copies in train mode), else None."""
+        if self.fold_guidance is None or not model.use_diffusion:
+            return None
+        if "id" not in batchdata:
+            raise KeyError("batch without 'id': cross-fitted priors (prior_folds) find each image's fold by its id")
+        self.fold_guidance.train()
+        return self.fold_guidance.folds(batchdata["id"], device)
+
+    def _priors(
+        self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, folds: torch.Tensor | None
+    ) -> dict[str, torch.Tensor] | None:
+        """The priors the denoiser learns from in this iteration, after the DCG's own step while it trains.
 
         Returns:
-            the DCG outputs (logits and priors), or None when the denoiser takes no step: in the warm-up, or
+            the fused, global and local priors, or None when the denoiser takes no step: in the warm-up, or
             when ``on_nonfinite: skip`` left the DCG step out.
         """
         if self.dcg_frozen():
-            return self._fixed_guidance(model, images)
-        guidance = self._dcg_step(model, images, labels)
-        if guidance is None or self.in_warmup():
-            return None
-        if self.prior_mode == "eval":  # condition on the priors validation sees, not the batch-statistics ones
-            return self._eval_guidance(model, images)
-        return guidance
+            guidance = self._fixed_guidance(model, images)
+        else:
+            guidance = self._dcg_step(model, images, labels, folds)
+            if guidance is None or self.in_warmup():
+                return None
+            if self.prior_mode == "eval":  # condition on the priors validation sees, not the batch-statistics ones
+                guidance = self._eval_guidance(model, images)
+        if folds is not None:  # each image's prior from the copy that did not train on it
+            return self.fold_guidance.priors(images, folds, self._dcg_forward)
+        return model.priors(guidance)
+
+    def _dcg_forward(self, dcg: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A DCG's outputs on images through the inferer, under autocast when ``amp`` is on, in float32."""
+        with self.autocast():
+            return _float32(self.inferer(images, dcg))
 
     def _fixed_guidance(self, model: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The DCG outputs of a DCG that no longer trains: eval mode, as validation computes its priors. No step,
@@ -250,18 +286,21 @@ class DiffMICTrainer(SupervisedTrainer):
         model.dcg.train()
         return _float32(guidance)
 
-    def _dcg_step(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict | None:
-        """One DCG cross-entropy step whose forward also gives the diffusion priors.
+    def _dcg_step(
+        self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, folds: torch.Tensor | None = None
+    ) -> dict | None:
+        """One DCG cross-entropy step whose forward also gives the diffusion priors; with ``folds``, the DCG copies'
+        steps on the images outside their folds in the same backward pass (each copy's gradient is its own loss's).
 
         Returns:
             the DCG outputs (logits and priors), or None when the cross-entropy was not finite and
             ``on_nonfinite: skip`` left the step out.
         """
         # a skipped step must not leave its batch in the BatchNorm statistics either
-        saved_dcg = _snapshot(model.dcg) if self.on_nonfinite == "skip" else []
-        with self.autocast():
-            guidance = self.inferer(images, self.dcg_network or model.dcg)
-        guidance = _float32(guidance)
+        saved_dcg = []
+        if self.on_nonfinite == "skip":
+            saved_dcg = _snapshot(model.dcg) + (_snapshot(self.fold_guidance) if folds is not None else [])
+        guidance = self._dcg_forward(self.dcg_network or model.dcg, images)
         output = self.state.output
         output[Keys.PRED] = guidance["fused"].detach()
         self.fire_event(IterationEvents.FORWARD_COMPLETED)
@@ -269,12 +308,19 @@ class DiffMICTrainer(SupervisedTrainer):
         heads = self.dcg_loss_terms if model.dcg.use_local_stream else ("global",)
         loss_ce = sum(self.loss_function(guidance[k], labels) for k in heads)
         output["loss_ce"] = output[Keys.LOSS] = loss_ce.detach()
+        terms = {"loss_ce": loss_ce}
+        if folds is not None:
+            copies = self.fold_guidance.training_outputs(images, folds, self._dcg_forward)
+            terms["loss_ce_folds"] = sum(
+                (self.loss_function(out[k], labels[rows]) for rows, out in copies for k in heads), images.new_zeros(())
+            )
+            output["loss_ce_folds"] = terms["loss_ce_folds"].detach()
         output["lr_dcg"] = self.dcg_optimizer.param_groups[0]["lr"]
         self.fire_event(IterationEvents.LOSS_COMPLETED)
-        if not self.finite(loss_ce=loss_ce):
+        if not self.finite(**terms):
             _restore(saved_dcg)
             return None
-        self._backward(loss_ce, self.dcg_optimizer)
+        self._backward(sum(terms.values()), self.dcg_optimizer)
         self._optimizer_step(self.dcg_optimizer)
         return guidance
 

@@ -173,6 +173,7 @@ OPTIONS: dict[str, Option] = {
     "warmup_epochs": COUNT,
     "dcg_epochs": Option("int", low=1, nullable=True),
     "prior_mode": Option("str", choices=("train", "eval")),
+    "prior_folds": COUNT,
     "val_interval": _positive(),
     "seed": COUNT,
     "rand_prob": _fraction(),
@@ -407,6 +408,8 @@ def _training_problems(config: dict) -> list[str]:
     dcg_epochs = config.get("dcg_epochs")
     if isinstance(dcg_epochs, int) and isinstance(warmup, int) and dcg_epochs < warmup:
         problems.append(f"dcg_epochs ({dcg_epochs}) must be at least warmup_epochs ({warmup}), or null")
+    if config.get("prior_folds") == 1:
+        problems.append("prior_folds: 1 fold would leave its DCG copy no image to train on; use 0 (off) or 2 or more")
     if isinstance(config.get("batch_size"), int) and config["batch_size"] < 2:
         problems.append("batch_size: training needs at least 2 images per batch (BatchNorm); use 2 or more")
     if config.get("resume") and config.get("overwrite"):
