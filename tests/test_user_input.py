@@ -54,11 +54,12 @@ def test_every_problem_on_the_command_line_is_listed_in_one_error_before_any_wor
         *("--max_epoch", "3", "--variant", "fulll", "--num_classes", "9", "--overwrite", "maybe"),
         *("--warmup_epochs", "40", "--batch_size", "1", "--sampler_name", "dd", "--lr_dcg", "abc"),
         *("--device", "cuda:7", "--model_dir", str(blocker / "models"), "--output_dir", str(tmp_path / "eval")),
-        *("--key_metric_name", "kappa"),
+        *("--key_metric_name", "kappa", "--prior_folds", "1"),
     )
     error = last_error(done)
     for expected in (
-        "ConfigError: 11 problem(s) in the configuration",
+        "ConfigError: 12 problem(s) in the configuration",
+        "prior_folds: 1 fold would leave its DCG copy no image to train on; use 0 (off) or 2 or more",
         "key_metric_name kappa (quadratic weighted) needs ordered grades: set --ordinal true",
         "nothing was read or written",
         "max_epoch: no config defines or reads this id, so it would change nothing: did you mean --max_epochs?",
