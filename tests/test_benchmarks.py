@@ -552,7 +552,7 @@ def test_gpu_ablation_runs_a_picked_job_in_tiny_mode_and_packs_its_results(tmp_p
     assert "work/job70/results.csv" in names and not any("/models" in n for n in names)
 
     bad = subprocess.run(["bash", script], cwd=REPO, env=dict(env, PART="y1"), capture_output=True, text=True)
-    assert bad.returncode == 2 and "diffusion_study, medmnist_schedule, crossfit, all or job numbers" in bad.stderr
+    assert bad.returncode == 2 and "medmnist_schedule, crossfit, authors_mmd, all or job numbers" in bad.stderr
 
 
 # the `--set` of each `--setting` in gpu_ablation.sh before the settings became files (commit 3868c2c)
@@ -598,9 +598,9 @@ def test_settings_files_give_the_overrides_gpu_ablation_passed():
         assert " ".join(common.override_text(k, v) for k, v in overrides.items()) == old
     jobs = (REPO / "benchmarks" / "gpu_ablation.sh").read_text().split("<<EOF\n", 1)[1].split("\nEOF\n", 1)[0]
     jobs = jobs.splitlines()
-    assert len(jobs) == 84
+    assert len(jobs) == 86
     named = [line.split(" --setting ", 1)[1] for line in jobs if " --setting " in line]
-    assert len(named) == 72 and set(named) == set(files) and not any("--set " in j for j in jobs)
+    assert len(named) == 74 and set(named) == set(files) and not any("--set " in j for j in jobs)
     assert all("--variant basic" in j for j in jobs if "basic_medmnist" in j)
 
 

@@ -17,6 +17,20 @@ def test_mmd_zero_for_identical_and_grows_with_separation():
     assert values == sorted(values) and values[-1] > values[0] + 0.1
 
 
+def test_the_authors_mmd_kernel_is_the_rbf_kernel_with_bandwidth_classes_over_root_two():
+    """benchmarks/settings/y0_authors_mmd.yaml: the authors' kernel exp(-mean_d((a - b)^2) / D) over D label
+    dimensions equals the RBF kernel of bandwidth D / sqrt(2), so their MMD is rbf_mmd with that bandwidth."""
+    g = torch.Generator().manual_seed(0)
+    for classes in (2, 5, 7):
+        x, y = torch.randn(16, classes, generator=g), torch.randn(12, classes, generator=g) + 0.5
+
+        def kernel(a, b, d=classes):
+            return torch.exp(-(a[:, None, :] - b[None, :, :]).pow(2).mean(2) / d)
+
+        authors = kernel(x, x).mean() + kernel(y, y).mean() - 2 * kernel(x, y).mean()
+        assert torch.isclose(rbf_mmd(x, y, (classes / 2**0.5,)), authors, atol=1e-6)
+
+
 def test_windows_take_the_planted_hot_spots_in_bounds_without_overlap():
     heat = torch.zeros(2, 32, 32)
     planted = [(2, 3), (20, 18), (10, 24)]
