@@ -574,10 +574,11 @@ GPU_ABLATION_SETTINGS = {
     "y0_all3": "prior_mode=eval prior_error_weight=10 dcg_loss_terms=fused dcg_amsgrad=true",
 }
 MEDMNIST_SCHEDULE = dict(max_epochs=100, batch_size=128, lr_dcg=0.001, dcg_lr_milestones=[50, 75])
-NEW_SETTINGS = {
+NEW_SETTINGS = {  # never passed by --set
     "basic_medmnist": MEDMNIST_SCHEDULE,
     "y0_medmnist": MEDMNIST_SCHEDULE,
     "y0_crossfit": {"prior_folds": 2},
+    "y0_authors_mmd": {"mmd_bandwidths": "$[@num_classes/2**0.5]"},
 }
 
 
