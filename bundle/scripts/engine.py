@@ -250,16 +250,14 @@ class DiffMICTrainer(SupervisedTrainer):
             the fused, global and local priors, or None when the denoiser takes no step: in the warm-up, or
             when ``on_nonfinite: skip`` left the DCG step out.
         """
-        if self.dcg_frozen():
-            guidance = self._fixed_guidance(model, images)
-        else:
-            guidance = self._dcg_step(model, images, labels, folds)
-            if guidance is None or self.in_warmup():
-                return None
-            if self.prior_mode == "eval":  # condition on the priors validation sees, not the batch-statistics ones
-                guidance = self._eval_guidance(model, images)
+        frozen = self.dcg_frozen()
+        guidance = self._fixed_guidance(model, images) if frozen else self._dcg_step(model, images, labels, folds)
+        if guidance is None or self.in_warmup():
+            return None
         if folds is not None:  # each image's prior from the copy that did not train on it
             return self.fold_guidance.priors(images, folds, self._dcg_forward)
+        if self.prior_mode == "eval" and not frozen:  # the priors validation sees, not the batch-statistics ones
+            guidance = self._eval_guidance(model, images)
         return model.priors(guidance)
 
     def _dcg_forward(self, dcg: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -281,10 +279,10 @@ class DiffMICTrainer(SupervisedTrainer):
         """The DCG's outputs in eval mode (running BatchNorm statistics) and without gradients: the priors that
         validation and inference compute, in float32."""
         model.dcg.eval()
-        with torch.no_grad(), self.autocast():
-            guidance = self.inferer(images, model.dcg)
+        with torch.no_grad():
+            guidance = self._dcg_forward(model.dcg, images)
         model.dcg.train()
-        return _float32(guidance)
+        return guidance
 
     def _dcg_step(
         self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, folds: torch.Tensor | None = None
