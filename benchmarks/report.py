@@ -1,12 +1,13 @@
 """Rebuilds the tables and figures of the results pages from the CSVs in benchmarks/results/.
 
 ``MAP`` below says, for each section of each page (``bundle/docs/benchmarks.md``, one section per question;
-``benchmarks_history.md``, the log of the sessions and their superseded tables; the bundle's ``README.md``),
-which tables and figures it holds and which CSVs each is built from. The prose is written by hand; each table
-sits between ``<!-- table:NAME -->`` and ``<!-- end -->`` markers under its section's ``## `` heading and is
-regenerated here with a provenance line (machine, date, code, command: from the CSVs' ``device``, ``date`` and
-``commit`` columns, else from ``SOURCES``), so no number is typed by hand (the published MedMNIST v2 results
-and the targets are constants below, with their source). Running it twice changes nothing:
+``benchmarks_history.md``, the log of the sessions, whose superseded tables are frozen copies; the bundle's
+``README.md``), which tables and figures it holds and which CSVs each is built from. The prose is written by
+hand; each table sits between ``<!-- table:NAME -->`` and ``<!-- end -->`` markers under its section's ``## ``
+heading and is regenerated here with a provenance line (machine, date, code, command: from the CSVs'
+``device``, ``date`` and ``commit`` columns, else from ``SOURCES``), so no number is typed by hand (the
+published MedMNIST v2 results and the targets are constants below, with their source).
+Running it twice changes nothing:
 
     python benchmarks/report.py
     python benchmarks/report.py --docs /tmp/docs   # pages read and written there, figures in /tmp/docs/images
@@ -758,26 +759,6 @@ def draw_curves(curves: Sequence[dict[str, str]], path: Path, settings: Sequence
     write(path, fig)
 
 
-def flips_table(predictions: list[dict[str, str]], split: str = "test") -> str:
-    """Where the denoised prediction of ``full`` departs from its own fused prior, per seed and S.
-
-    The diffusion earns its place only if it turns more of the prior's wrong answers right than right ones
-    wrong; the McNemar p-value tests the two counts against each other (the paired test of denoised vs prior).
-    """
-    runs, out = evaluations(predictions), []
-    for (dataset, setting, variant, seed, samples, where), run in sorted(runs.items()):
-        if (setting, variant, where) != ("default", "full", split):
-            continue
-        prior_right, denoised_right = run.prior == run.true, run.predicted == run.true
-        changed = int(np.sum(run.predicted != run.prior))
-        fixed, broken = int(np.sum(denoised_right & ~prior_right)), int(np.sum(~denoised_right & prior_right))
-        p_value = mcnemar_p(denoised_right, prior_right)
-        out.append([DISPLAY_NAMES.get(dataset, dataset), seed, samples, str(len(run.ids)), str(changed), str(fixed)])
-        out[-1] += [str(broken), f"{fixed - broken:+d}", f"{p_value:.3g}"]
-    header = ["dataset", "seed", "S", "images", "label changed by the diffusion", "prior wrong -> right"]
-    return markdown(header + ["prior right -> wrong", "net", "McNemar p (denoised vs prior)"], out)
-
-
 AGREEMENT = 0.99  # the issue's "agrees with the full chain on at least 99 % of test images"
 CHAINS = (("1", "noise", "S=1"), ("10", "noise", "S=10"), ("1", "prior_mean", "from the prior mean"))
 
@@ -1086,12 +1067,9 @@ CPU4 = (
 )
 TE = "train_evaluate.py --samples 1 10 --splits validation test --no-tsne"
 SOURCES = {
-    "train_evaluate_h200.csv": Source("2026-11-26", "bash benchmarks/gpu_session.sh", GPU1),
     "speed_h200.csv": Source("", "bash benchmarks/gpu_session.sh (speed.py)", GPU1),
     "ablation_h200.csv": Source("2026-11-26", "bash benchmarks/gpu_ablation.sh, collect.py --name ablation_h200", GPU2),
     "study_h100.csv": Source("2026-11-26", "bash benchmarks/gpu_ablation.sh, collect.py --name study_h100", GPU3),
-    "small_cpu.csv": Source("2026-11-26", f"{TE} --out runs/cpu_small, collect.py --name small_cpu", CPU1),
-    "sampling_steps_cpu.csv": Source("2026-11-26", "sampling_steps.py --runs runs/cpu_small/*_seed0", CPU1),
     "speed_cpu.csv": Source("", "speed.py --device cpu --out benchmarks/results/speed_cpu.csv", CPU1),
     "paper_datasets_cpu.csv": Source("2026-11-26", "train_evaluate.py, collect.py --name paper_datasets_cpu", CPU2),
     "fixed_prior_cpu.csv": Source("2026-11-27", f"{TE} --set dcg_epochs=N, collect.py --name fixed_prior_cpu", CPU3),
@@ -1220,28 +1198,9 @@ MAP = [  # the pages' sections in page order, each with its tables and figures a
             "headline": table(Y0, build=headline_table),
         },
     ),
-    Section(HISTORY, GPU1, {"evaluation_h200": table("train_evaluate_h200.csv", build=evaluation_table)}),
-    Section(
-        HISTORY,
-        GPU2,
-        {
-            "ablation_h200": table("ablation_h200.csv", "ablation_h200_predictions.csv.gz", build=ablation_table),
-            "flips_h200": table("ablation_h200_predictions.csv.gz", build=flips_table),
-            "study_h200": table("ablation_h200.csv", "ablation_h200_curves.csv", build=study_table),
-        },
-        {"prior_vs_denoised_epochs.png": table("ablation_h200_curves.csv", build=draw_curves)},
-    ),
-    Section(
-        HISTORY,
-        CPU1,
-        {
-            "evaluation_cpu": table("small_cpu.csv", build=evaluation_table),
-            "study_cpu": table("small_cpu.csv", "small_cpu_curves.csv", build=study_table),
-            "sampling_steps_cpu": table("sampling_steps_cpu.csv", build=sampling_steps_table),
-            "smallest_k_cpu": table("sampling_steps_cpu.csv", build=smallest_agreeing_k_table),
-        },
-        {"accuracy_vs_steps.png": table("sampling_steps_cpu.csv", build=draw_sampling_steps)},
-    ),
+    # the log's tables are frozen copies; its figures are redrawn with the page's
+    Section(HISTORY, GPU2, {}, {"prior_vs_denoised_epochs.png": table("ablation_h200_curves.csv", build=draw_curves)}),
+    Section(HISTORY, CPU1, {}, {"accuracy_vs_steps.png": table("sampling_steps_cpu.csv", build=draw_sampling_steps)}),
 ]
 
 
