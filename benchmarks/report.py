@@ -89,6 +89,9 @@ class AblationRow(NamedTuple):
     samples: str  # the evaluation's num_samples; basic and the prior do not depend on it
     prediction: str
 
+    def samples_cell(self) -> str:
+        return "-" if self.prediction == "prior" or self.variant == "basic" else self.samples
+
 
 ABLATION_ROWS = [
     AblationRow("basic (ResNet-18)", "basic", "10", "denoised"),
@@ -185,6 +188,19 @@ def mean_sd(values: Sequence[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def means(rows: Sequence[dict[str, str]], columns: Sequence[str]) -> list[str]:
+    """:func:`mean_sd` of each column over the rows (one per seed)."""
+    return [mean_sd([float(r[c]) for r in rows]) for c in columns]
+
+
+def display(dataset: str) -> str:
+    return DISPLAY_NAMES.get(dataset, dataset)
+
+
+def p_cell(p_value: float | None) -> str:
+    return "-" if p_value is None else f"{p_value:.3g}"
 
 
 def evaluations(rows: Sequence[dict[str, str]]) -> dict[EvaluationKey, Evaluation]:
@@ -319,6 +335,12 @@ def labels_of(evaluation: Evaluation, prediction: str) -> np.ndarray:
     return evaluation.prior if prediction == "prior" else evaluation.predicted
 
 
+def prediction_intervals(evaluation: Evaluation, prediction: str) -> tuple[str, str]:
+    """Bootstrap ACC and AUC intervals of the denoised prediction, or the ACC interval alone of the fused prior."""
+    probs = None if prediction == "prior" else evaluation.probs
+    return bootstrap_intervals(evaluation.true, labels_of(evaluation, prediction), probs)
+
+
 def paired_p(
     runs: dict[EvaluationKey, Evaluation],
     dataset: str,
@@ -364,17 +386,15 @@ def ablation_cells(
     tests = select(metrics, dataset=dataset, setting=setting, variant=row.variant, split="test")
     tests = sorted(select(tests, num_samples=row.samples), key=lambda r: int(r["seed"]))
     seeds = [r["seed"] for r in tests]
-    cells = [DATASETS[dataset], row.label, "-" if row.prediction == "prior" or row.variant == "basic" else row.samples]
-    cells += [str(len(seeds))] + [mean_sd([float(r[c]) for r in tests]) for c in metric_columns(row.prediction)]
+    cells = [DATASETS[dataset], row.label, row.samples_cell(), str(len(seeds))]
+    cells += means(tests, metric_columns(row.prediction))
     first = runs.get((dataset, setting, row.variant, "0", row.samples, "test"))
     if first is None:
         return cells + ["-"] * 4
-    probs = None if row.prediction == "prior" else first.probs
-    cells += list(bootstrap_intervals(first.true, labels_of(first, row.prediction), probs))
+    cells += prediction_intervals(first, row.prediction)
     if row.variant == "basic":
         return cells + ["-", "-"]
-    first_p = paired_p(runs, dataset, row, "0", setting=setting, basic_setting="default")
-    cells.append("-" if first_p is None else f"{first_p:.3g}")
+    cells.append(p_cell(paired_p(runs, dataset, row, "0", setting=setting, basic_setting="default")))
     p_values = [paired_p(runs, dataset, row, s, setting=setting, basic_setting="default") for s in seeds]
     significant = sum(p is not None and p < ALPHA for p in p_values)
     return cells + [f"{significant} of {len(p_values)}" if len(p_values) > 1 else "-"]
@@ -443,7 +463,7 @@ def headline_table(metrics: list[dict[str, str]]) -> str:
         for label, variant, setting, samples, prediction in HEADLINE_ROWS:
             tests = select(metrics, dataset=dataset, setting=setting, variant=variant, split="test")
             tests = select(tests, num_samples=samples)
-            rows.append([name, label] + [mean_sd([float(r[c]) for r in tests]) for c in metric_columns(prediction)])
+            rows.append([name, label, *means(tests, metric_columns(prediction))])
         method, auc, accuracy = PUBLISHED[dataset][0]
         rows.append([name, f"{method}, MedMNIST v2", f"{accuracy:.3f}", "-", f"{auc:.3f}"])
     return markdown(["dataset", "model", "ACC", "macro-F1", "AUC"], rows)
@@ -494,17 +514,12 @@ def paper_dataset_cells(
             continue
         accuracy, f1, auc = metric_columns(row.prediction)
         kappa = "prior_kappa" if row.prediction == "prior" else "kappa"
-        probs = None if row.prediction == "prior" else evaluation.probs
-        interval = bootstrap_intervals(evaluation.true, labels_of(evaluation, row.prediction), probs)[0]
+        interval = prediction_intervals(evaluation, row.prediction)[0]
         p_value = None if row.variant == "basic" else paired_p(runs, dataset, row, "0", "test", setting, basic_setting)
-        samples = "-" if row.prediction == "prior" or row.variant == "basic" else row.samples
-        out.append(
-            [row.label, samples, f3(found[accuracy]), interval, f3(found[f1]), f3(found[auc]), f3(found[kappa])]
-            + ["-" if p_value is None else f"{p_value:.3g}", found["epochs"]]
-            + [checkpoint_epoch(curves, dataset=dataset, setting=setting, variant=row.variant, seed="0")]
-            + [found["train_seconds"]]
-            + [str(len(evaluation.ids))]
-        )
+        epoch = checkpoint_epoch(curves, dataset=dataset, setting=setting, variant=row.variant, seed="0")
+        cells = [row.label, row.samples_cell(), f3(found[accuracy]), interval, *map(f3, (found[f1], found[auc]))]
+        cells += [f3(found[kappa]), p_cell(p_value), found["epochs"], epoch, found["train_seconds"]]
+        out.append(cells + [str(len(evaluation.ids))])
     return out
 
 
@@ -560,6 +575,9 @@ def one(rows: Sequence[dict[str, str]], **fields: str) -> dict[str, str] | None:
     return found[0] if found else None
 
 
+PRIOR_ACC_AUC = ("prior_accuracy", "prior_auc")
+
+
 def study_cells(
     metrics: Sequence[dict[str, str]],
     curves: Sequence[dict[str, str]],
@@ -578,20 +596,10 @@ def study_cells(
         return [setting, DATASETS[dataset]] + ["-"] * with_device + ["-", "-", status] + ["-"] * 7
     overrides = " ".join(o for o in val10["overrides"].split() if not o.startswith("progress_bar=")) or "-"
     gaps = [float(r["accuracy"]) - float(r["prior_accuracy"]) for r in (val1, val10)]
-    return [
-        setting,
-        DATASETS[dataset],
-        *([val10["device"]] if with_device else []),
-        overrides,
-        checkpoint_epoch(curves, **run),
-        triple(val1, ("accuracy", "macro_f1", "auc")),
-        triple(val10, ("accuracy", "macro_f1", "auc")),
-        triple(val10, ("prior_accuracy", "prior_auc")),
-        " / ".join(f"{g:+.3f}" for g in gaps),
-        val10["train_seconds"],
-        triple(test10, ("accuracy", "auc")),
-        triple(test10, ("prior_accuracy", "prior_auc")),
-    ]
+    cells = [setting, DATASETS[dataset], *([val10["device"]] if with_device else []), overrides]
+    cells += [checkpoint_epoch(curves, **run), *(triple(r, ("accuracy", "macro_f1", "auc")) for r in (val1, val10))]
+    cells += [triple(val10, PRIOR_ACC_AUC), " / ".join(f"{g:+.3f}" for g in gaps)]
+    return cells + [val10["train_seconds"], triple(test10, ("accuracy", "auc")), triple(test10, PRIOR_ACC_AUC)]
 
 
 def study_table(
@@ -600,14 +608,9 @@ def study_table(
     settings: Sequence[str] | None = None,
     with_device: bool = False,
 ) -> str:
-    """The settings study on the validation split (seed 0, ``full``); settings without rows: not finished.
-
-    Args:
-        metrics: rows of ``collect.py`` metric CSVs.
-        curves: rows of its curves CSVs.
-        settings: the settings shown (None: every setting of the rows).
-        with_device: a column naming the device of each run (for rows of several sessions).
-    """
+    """The settings study on the validation split (seed 0, ``full``) from ``collect.py``'s metrics and curves;
+    settings without rows: not finished. ``settings``: those shown (None: all); ``with_device``: a column naming
+    each run's device (for rows of several sessions)."""
     found = {r["setting"] for r in select(curves, variant="full", seed="0")} | {
         r["setting"] for r in select(metrics, variant="full", seed="0")
     }
@@ -636,33 +639,34 @@ def test_selection_table(rows: list[dict[str, str]]) -> str:
     return markdown(summarize(rows))
 
 
+# diagnostics.py's measures in column order, with their columns; a share of labels changed shows in %
+DIAGNOSTIC_COLUMNS = [
+    ("prior", ("accuracy", "auc")),
+    ("denoised", ("accuracy", "auc", "changed_vs_prior")),
+    ("prior_mean_chain", ("changed_vs_prior",)),
+    ("features_swapped", ("changed_vs_denoised",)),
+    ("uniform_prior", ("accuracy", "changed_vs_denoised")),
+    ("stacker_prior", ("accuracy", "auc")),
+    ("stacker_prior_features", ("accuracy", "auc")),
+]
+
+
 def diagnostics_table(rows: list[dict[str, str]]) -> str:
     """What the denoiser adds to its prior (``diagnostics.py``): one row per run and split, S = 1."""
 
-    def cell(found: dict, measure: str, *columns: str) -> str:
-        row = found.get(measure)
-        return " / ".join(f3(row[c]) if not c.startswith("changed") else pct(row[c]) for c in columns) if row else "-"
-
-    def pct(text: str) -> str:
-        return f"{100 * float(text):.1f} %"
+    def cell(row: dict[str, str] | None, columns: Sequence[str]) -> str:
+        if row is None:
+            return "-"
+        return " / ".join(f"{100 * float(row[c]):.1f} %" if c.startswith("changed") else f3(row[c]) for c in columns)
 
     table = []
-    for run in sorted({(r["setting"], r["dataset"], r["seed"]) for r in rows}, key=lambda k: (k[0], k[1], k[2])):
+    for run in sorted({(r["setting"], r["dataset"], r["seed"]) for r in rows}):
         for split in ("validation", "test"):
             found = {r["measure"]: r for r in select(rows, setting=run[0], dataset=run[1], seed=run[2], split=split)}
             if not found:
                 continue
-            cells = [run[0], DISPLAY_NAMES.get(run[1], run[1]), run[2], split, found["denoised"]["images"]]
-            cells += [cell(found, "prior", "accuracy", "auc")]
-            cells += [cell(found, "denoised", "accuracy", "auc", "changed_vs_prior")]
-            cells += [cell(found, "prior_mean_chain", "changed_vs_prior")]
-            cells += [cell(found, "features_swapped", "changed_vs_denoised")]
-            cells += [cell(found, "uniform_prior", "accuracy", "changed_vs_denoised")]
-            cells += [
-                cell(found, "stacker_prior", "accuracy", "auc"),
-                cell(found, "stacker_prior_features", "accuracy", "auc"),
-            ]
-            table.append(cells)
+            cells = [run[0], display(run[1]), run[2], split, found["denoised"]["images"]]
+            table.append(cells + [cell(found.get(m), columns) for m, columns in DIAGNOSTIC_COLUMNS])
     header = ["setting", "dataset", "seed", "split", "images", "prior ACC / AUC"]
     header += ["denoised ACC / AUC / labels not the prior's", "chain from the prior mean: labels not the prior's"]
     header += ["rho(x) of another image: labels changed", "uniform prior: ACC / labels changed"]
@@ -719,6 +723,15 @@ def panels(rows: int, columns: int) -> tuple[Any, Any]:
     return fig, fig.subplots(rows, columns, sharex=True, squeeze=False)
 
 
+def dress(ax: Any, title: str, ylabel: str, xlabel: str | None) -> None:
+    """A panel's title, axis labels (no x label above the bottom row) and light grid."""
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+
+
 def write(path: Path, content: Any) -> None:
     """A page's text or a figure's PNG, written to ``<path>.partial`` and renamed: never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -753,11 +766,7 @@ def draw_curves(curves: Sequence[dict[str, str]], path: Path, settings: Sequence
                     if points:
                         epochs, values = zip(*points, strict=True)
                         ax.plot(epochs, values, style, color=f"C{index}", label=f"{run_name}, {kind}")
-            ax.set_title(f"{name}: {label}")
-            ax.set_ylabel(label)
-            ax.grid(alpha=0.3)
-            if row == 1:
-                ax.set_xlabel("epoch")
+            dress(ax, f"{name}: {label}", label, "epoch" if row == 1 else None)
     axes[0][0].legend(fontsize="small", ncol=2)
     recipe = "small recipe" if settings == ("default",) else f"small recipe, {', '.join(settings)}"
     fig.suptitle(f"full, {recipe}, validation split: denoised prediction (S=1, solid) and fused DCG prior (dashed)")
@@ -773,10 +782,15 @@ def full_chain_steps(rows: Sequence[dict[str, str]]) -> int:
     return max(int(r["steps"]) for r in rows if r["sampler"] == "ddim")
 
 
-def steps_label(row: dict[str, str], total: int) -> str:
-    if row["sampler"] == "ddpm":
-        return f"DDPM, {row['steps']} ancestral steps"
-    return f"{row['steps']} (full chain)" if int(row["steps"]) == total else row["steps"]
+def steps_label(sampler: str, steps: int, total: int) -> str:
+    if sampler == "ddpm":
+        return f"DDPM, {steps} ancestral steps"
+    return f"{steps} (full chain)" if steps == total else str(steps)
+
+
+def ddim_chain(rows: Sequence[dict[str, str]], samples: str, start: str) -> list[dict[str, str]]:
+    """The DDIM rows of one chain kind (S and start), by K."""
+    return sorted(select(rows, sampler="ddim", samples=samples, start=start), key=lambda r: int(r["steps"]))
 
 
 def ordered_datasets(rows: Sequence[dict[str, str]]) -> list[str]:
@@ -793,13 +807,10 @@ def sampling_steps_table(rows: list[dict[str, str]], split: str = "test", settin
         mine = select(rows, dataset=dataset)
         ladder = sorted({(r["sampler"], int(r["steps"])) for r in mine}, key=lambda s: (s[0] == "ddpm", s[1]))
         for sampler, steps in ladder:
-            cells = [dataset, steps_label({"sampler": sampler, "steps": str(steps)}, total)]
+            cells = [dataset, steps_label(sampler, steps, total)]
             for samples, start, _ in CHAINS:
                 row = one(mine, sampler=sampler, steps=str(steps), samples=samples, start=start)
-                cells += [
-                    triple(row, ("accuracy", "macro_f1", "auc")),
-                    "-" if row is None else f3(row["agreement_full_chain"]),
-                ]
+                cells += [triple(row, ("accuracy", "macro_f1", "auc")), triple(row, ("agreement_full_chain",))]
             s10 = one(mine, sampler=sampler, steps=str(steps), samples="10", start="noise")
             cells.append("-" if s10 is None else f"{1000 * float(s10['sample_seconds']) / int(s10['images']):.2f}")
             out.append(cells)
@@ -815,7 +826,7 @@ def smallest_agreeing_k_table(rows: list[dict[str, str]], split: str = "test", s
     total, out = full_chain_steps(rows), []
     for dataset in ordered_datasets(rows):
         for samples, start, name in CHAINS:
-            mine = sorted(select(rows, dataset=dataset, samples=samples, start=start), key=lambda r: int(r["steps"]))
+            mine = ddim_chain(select(rows, dataset=dataset), samples, start)
             if not mine:
                 continue
             # smallest K from which every larger K agrees too: one lucky small K does not count
@@ -823,18 +834,8 @@ def smallest_agreeing_k_table(rows: list[dict[str, str]], split: str = "test", s
                 r for i, r in enumerate(mine) if all(float(x["agreement_full_chain"]) >= AGREEMENT for x in mine[i:])
             )
             full = one(mine, steps=str(total))
-            out.append(
-                [
-                    dataset,
-                    name,
-                    k["steps"],
-                    f3(k["agreement_full_chain"]),
-                    f3(k["accuracy"]),
-                    f3(full["accuracy"]),
-                    f3(full["prior_accuracy"]),
-                    mine[0]["images"],
-                ]
-            )
+            cells = [dataset, name, k["steps"], *map(f3, (k["agreement_full_chain"], k["accuracy"]))]
+            out.append(cells + [f3(full["accuracy"]), f3(full["prior_accuracy"]), mine[0]["images"]])
     header = ["dataset", "chain", f"smallest K with >= {AGREEMENT:.0%} agreement", "its agreement", "its ACC"]
     return markdown(header + ["full-chain ACC", "prior ACC", "images"], out)
 
@@ -856,17 +857,9 @@ def draw_sampling_steps(
         for row, (metric, label) in enumerate((("accuracy", "test ACC"), ("auc", "test AUC"))):
             ax = axes[row][column]
             for color, (samples, start, name) in zip(("C0", "C1", "C2"), CHAINS, strict=True):
-                chain = sorted(
-                    select(mine, sampler="ddim", samples=samples, start=start), key=lambda r: int(r["steps"])
-                )
-                if chain:
-                    ax.plot(
-                        [int(r["steps"]) for r in chain],
-                        [float(r[metric]) for r in chain],
-                        "o-",
-                        color=color,
-                        label=f"DDIM, {name}",
-                    )
+                if chain := ddim_chain(mine, samples, start):
+                    steps, values = [int(r["steps"]) for r in chain], [float(r[metric]) for r in chain]
+                    ax.plot(steps, values, "o-", color=color, label=f"DDIM, {name}")
                 for r in select(mine, sampler="ddpm", samples=samples, start=start):
                     ax.plot([int(r["steps"])], [float(r[metric])], "s", color=color, mfc="none", label=f"DDPM, {name}")
             prior = float(mine[0][f"prior_{metric}"])
@@ -874,11 +867,7 @@ def draw_sampling_steps(
             low, high = ax.get_ylim()  # axhline does not widen the limits: keep a prior above every chain in view
             ax.set_ylim(min(low, prior - 0.01), max(high, prior + 0.01))
             ax.set_xscale("log")
-            ax.set_title(f"{DISPLAY_NAMES.get(dataset, dataset)}: {label}")
-            ax.set_ylabel(label)
-            ax.grid(alpha=0.3)
-            if row == 1:
-                ax.set_xlabel("reverse steps K")
+            dress(ax, f"{display(dataset)}: {label}", label, "reverse steps K" if row == 1 else None)
     axes[0][0].legend(fontsize="small")
     write(path, fig)
 
@@ -932,7 +921,7 @@ def medmnist_schedule_table(metrics: list[dict[str, str]], predictions: list[dic
             cells = [name, row.label, str(len({r["seed"] for r in found}))]
             for split in ("validation", "test"):
                 chosen = select(found, split=split)
-                cells += [mean_sd([float(r[c]) for r in chosen]) for c in (accuracy, auc)]
+                cells += means(chosen, (accuracy, auc))
             first = runs.get((dataset, row.setting, row.variant, "0", row.samples, "test"))
             bounds: tuple[Bounds, Bounds] = (None, None)
             if first is not None:
@@ -962,7 +951,7 @@ def second_view_table(predictions: list[dict[str, str]]) -> str:
         if basic.ids != full.ids:
             raise ValueError(f"{dataset} seed {seed} {split}: basic and full were evaluated on different images")
         averaged = (full.prior_probs + basic.probs) / 2
-        cells = [DISPLAY_NAMES.get(dataset, dataset), seed, split, str(len(full.ids))]
+        cells = [display(dataset), seed, split, str(len(full.ids))]
         scores = (full.prior_probs, basic.probs, full.probs, averaged, (full.probs + basic.probs) / 2)
         cells += [accuracy_and_auc(full.true, p) for p in scores]
         cells.append(f"{mcnemar_p(averaged.argmax(1) == full.true, full.prior == full.true):.3g}")
@@ -1005,7 +994,7 @@ def uncertainty_table(predictions: list[dict[str, str]]) -> str:
     for (dataset, setting, variant, seed, samples, split), found in sorted(evaluations(predictions).items()):
         if variant != "full" or samples != "10" or found.prior_probs is None:
             continue
-        cells = [setting, DISPLAY_NAMES.get(dataset, dataset), seed, split]
+        cells = [setting, display(dataset), seed, split]
         for u, correct in uncertainties(found).values():
             referred = " / ".join(f"{referred_accuracy(correct, u, s):.3f}" for s in REFERRED)
             cells += [f"{error_auroc(correct, u):.3f}", referred if np.ptp(u) > 0 else "- (equal on every image)"]
@@ -1031,10 +1020,8 @@ def draw_risk_coverage(predictions: Sequence[dict[str, str]], path: Path, split:
         for name, (u, correct) in uncertainties(evaluation).items():
             if np.ptp(u) > 0:  # an uncertainty equal on every image ranks nothing (S samples that all agree)
                 ax.plot(100 * shares, [referred_accuracy(correct, u, s) for s in shares], label=name)
-        ax.set_title(f"{DISPLAY_NAMES.get(dataset, dataset)}, {setting}, seed {seed}, {split}")
-        ax.set_xlabel("images referred, most uncertain first (%)")
-        ax.set_ylabel("accuracy of the rest")
-        ax.grid(alpha=0.3)
+        title = f"{display(dataset)}, {setting}, seed {seed}, {split}"
+        dress(ax, title, "accuracy of the rest", "images referred, most uncertain first (%)")
     axes[0][0].legend(fontsize="small")
     write(path, fig)
 
@@ -1046,7 +1033,7 @@ def ranking_table(metrics: list[dict[str, str]]) -> str:
     for r in sorted(metrics, key=lambda r: (*(r[k] for k in order[:3]), r["split"] != "validation", r[order[4]])):
         if r["variant"] == "basic" or r.get("auc_label_mean", "") in ("", "nan"):
             continue
-        cells = [r["setting"], DISPLAY_NAMES.get(r["dataset"], r["dataset"]), *(r[k] for k in order[2:])]
+        cells = [r["setting"], display(r["dataset"]), *(r[k] for k in order[2:])]
         cells += [f3(r["auc"]), f"{100 * float(r['auc_tied_pairs']):.1f} %", f3(r["auc_label_mean"])]
         rows.append(cells + [f3(r["auc_then_prior"]), f3(r["prior_auc"])])
     header = ["setting", "dataset", "seed", "split", "S", "AUC: probabilities", "tied pairs: probabilities"]
