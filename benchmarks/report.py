@@ -119,6 +119,8 @@ class Evaluation(NamedTuple):
 
 
 EvaluationKey = tuple[str, str, str, str, str, str]  # dataset, setting, variant, seed, num_samples, split
+Runs = dict[EvaluationKey, Evaluation]
+Rows = list[dict[str, str]]  # of a CSV
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -136,7 +138,7 @@ def rate(row: dict[str, str]) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:#.3g}"
 
 
-def speed_table(rows: list[dict[str, str]]) -> str:
+def speed_table(rows: Rows) -> str:
     """Images per second and the ratio to ``basic`` of every inference and training measurement."""
     wanted = ["infer_dcg", "infer_full_s1", "infer_full_s10", "train_full"]
     out = []
@@ -159,7 +161,7 @@ def speed_table(rows: list[dict[str, str]]) -> str:
     return markdown(header, out)
 
 
-def evaluation_table(rows: list[dict[str, str]], setting: str = "default") -> str:
+def evaluation_table(rows: Rows, setting: str = "default") -> str:
     """Test-split metrics of the denoised prediction and of the fused DCG prior, per evaluation of a setting."""
     out = []
     for r in rows:
@@ -176,7 +178,7 @@ def evaluation_table(rows: list[dict[str, str]], setting: str = "default") -> st
     return markdown(header, out)
 
 
-def select(rows: Sequence[dict[str, str]], **fields: str) -> list[dict[str, str]]:
+def select(rows: Rows, **fields: str) -> Rows:
     """The rows whose columns equal every given value."""
     return [r for r in rows if all(r.get(k) == v for k, v in fields.items())]
 
@@ -190,7 +192,7 @@ def mean_sd(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def means(rows: Sequence[dict[str, str]], columns: Sequence[str]) -> list[str]:
+def means(rows: Rows, columns: Sequence[str]) -> list[str]:
     """:func:`mean_sd` of each column over the rows (one per seed)."""
     return [mean_sd([float(r[c]) for r in rows]) for c in columns]
 
@@ -203,39 +205,37 @@ def p_cell(p_value: float | None) -> str:
     return "-" if p_value is None else f"{p_value:.3g}"
 
 
-def evaluations(rows: Sequence[dict[str, str]]) -> dict[EvaluationKey, Evaluation]:
-    """The rows of a ``collect.py`` predictions CSV grouped by evaluation.
-
-    Args:
-        rows: rows with dataset, setting, variant, seed, num_samples, split, id, the labels as class indices and
-            ``prob_0``... (blank past the dataset's class count).
-
-    Returns:
-        one ``Evaluation`` per (dataset, setting, variant, seed, num_samples, split), images sorted by id.
-    """
-    grouped: dict[EvaluationKey, list[dict[str, str]]] = {}
+def evaluations(rows: Rows) -> dict[EvaluationKey, Evaluation]:
+    """The rows of a ``collect.py`` predictions CSV as one ``Evaluation`` per (dataset, setting, variant, seed,
+    num_samples, split)."""
+    grouped: dict[EvaluationKey, Rows] = {}
     for r in rows:
         key = (r["dataset"], r["setting"], r["variant"], r["seed"], r["num_samples"], r["split"])
         grouped.setdefault(key, []).append(r)
-    out = {}
-    for key, group in grouped.items():
-        group = sorted(group, key=lambda r: r["id"])
-        classes = [k for k in group[0] if k.startswith("prob_") and group[0][k] != ""]
-        out[key] = Evaluation(
-            ids=[r["id"] for r in group],
-            true=np.array([int(r["true_label"]) for r in group]),
-            predicted=np.array([int(r["predicted_label"]) for r in group]),
-            prior=np.array([int(r["prior_label"]) for r in group]),
-            probs=np.array([[float(r[c]) for c in classes] for r in group]),
-        )
-        if group[0].get("prior_prob_0"):
-            prior_probs = [[float(r["prior_" + c]) for c in classes] for r in group]
-            agreement = [float(r["vote_agreement"]) for r in group]
-            out[key] = out[key]._replace(prior_probs=np.array(prior_probs), agreement=np.array(agreement))
-        if group[0].get("label_mean_0"):
-            label_mean = [[float(r["label_mean_" + c.removeprefix("prob_")]) for c in classes] for r in group]
-            out[key] = out[key]._replace(label_mean=np.array(label_mean))
-    return out
+    return {key: evaluation(sorted(group, key=lambda r: r["id"])) for key, group in grouped.items()}
+
+
+def evaluation(rows: Rows) -> Evaluation:
+    """One evaluation's rows (labels as class indices, ``prob_0``... blank past the dataset's class count)."""
+    classes = [k.removeprefix("prob_") for k in rows[0] if k.startswith("prob_") and rows[0][k] != ""]
+
+    def column(name: str) -> np.ndarray:
+        return np.array([float(r[name]) for r in rows])
+
+    def matrix(prefix: str) -> np.ndarray | None:
+        """Images x classes of the ``<prefix><class>`` columns; None where the evaluation predates them."""
+        return np.array([[float(r[prefix + c]) for c in classes] for r in rows]) if rows[0].get(prefix + "0") else None
+
+    return Evaluation(
+        ids=[r["id"] for r in rows],
+        true=column("true_label").astype(int),
+        predicted=column("predicted_label").astype(int),
+        prior=column("prior_label").astype(int),
+        probs=matrix("prob_"),
+        prior_probs=matrix("prior_prob_"),  # evaluations since 2026-12-01, with the samples' agreement
+        agreement=column("vote_agreement") if rows[0].get("prior_prob_0") else None,
+        label_mean=matrix("label_mean_"),
+    )
 
 
 def weighted_auc(counts: np.ndarray, positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -243,14 +243,8 @@ def weighted_auc(counts: np.ndarray, positive: np.ndarray, scores: np.ndarray) -
 
     A resample is the original images weighted by how often it drew each, so one sort of the scores serves all
     resamples: the AUC is the weighted share of (positive, negative) pairs the scores order correctly.
-
-    Args:
-        counts: resamples x images, how often each resample drew each image (all ones: the images themselves).
-        positive: per image, True for the positive class.
-        scores: per image, the positive class's score.
-
-    Returns:
-        one AUC per resample; NaN where a resample has no positive or no negative image.
+    ``counts``: resamples x images, how often each resample drew each image (all ones: the images themselves);
+    ``positive``, ``scores``: per image. NaN where a resample has no positive or no negative image.
     """
     order = np.argsort(scores, kind="stable")
     ordered = scores[order]
@@ -267,15 +261,8 @@ def macro_auc(counts: np.ndarray, true: np.ndarray, probs: np.ndarray) -> np.nda
     """AUC of each resample: of class 1 for two classes, else the unweighted mean of the one-vs-rest AUCs.
 
     This is sklearn's ``roc_auc_score(true, probs[:, 1])`` and ``roc_auc_score(true, probs, multi_class="ovr",
-    average="macro")``, for many resamples at once (a test checks both against sklearn).
-
-    Args:
-        counts: resamples x images, how often each resample drew each image.
-        true: per image, its class index.
-        probs: images x classes.
-
-    Returns:
-        one AUC per resample; NaN where a resample lacks a class.
+    average="macro")``, for many resamples at once (a test checks both against sklearn); ``probs``: images x
+    classes. NaN where a resample lacks a class.
     """
     classes = [1] if probs.shape[1] == 2 else range(probs.shape[1])
     return np.mean([weighted_auc(counts, true == c, probs[:, c]) for c in classes], axis=0)
@@ -315,14 +302,8 @@ def bootstrap_intervals(true: np.ndarray, predicted: np.ndarray, probs: np.ndarr
 
 
 def mcnemar_p(correct: np.ndarray, reference_correct: np.ndarray) -> float:
-    """Exact McNemar test: two-sided binomial test (p = 0.5) on the images exactly one of the two gets right.
-
-    Args:
-        correct, reference_correct: per image (same order), whether each classifier is right.
-
-    Returns:
-        the p-value (1 when no image is discordant).
-    """
+    """Exact McNemar test: two-sided binomial test (p = 0.5) on the images exactly one of the two classifiers
+    gets right (per image, same order); 1 when no image is discordant."""
     from scipy.stats import binomtest
 
     only_this = int(np.sum(correct & ~reference_correct))
@@ -341,22 +322,12 @@ def prediction_intervals(evaluation: Evaluation, prediction: str) -> tuple[str, 
     return bootstrap_intervals(evaluation.true, labels_of(evaluation, prediction), probs)
 
 
-def paired_p(
-    runs: dict[EvaluationKey, Evaluation],
-    dataset: str,
-    row: AblationRow,
-    seed: str,
-    split: str = "test",
-    setting: str = "default",
-    basic_setting: str | None = None,
-) -> float | None:
-    """McNemar p-value of one ablation row against ``basic`` of the same seed, or None when a run is missing.
-
-    ``basic`` is read from ``basic_setting`` (default: ``setting``): a setting of the diffusion alone (y0, EMA)
-    leaves ``basic`` unchanged, so the ablation of such a setting pairs its rows with the default ``basic``.
-    """
-    this = runs.get((dataset, setting, row.variant, seed, row.samples, split))
-    basic = runs.get((dataset, basic_setting or setting, "basic", seed, "10", split))
+def paired_p(runs: Runs, dataset: str, setting: str, row: AblationRow, seed: str, basic_setting: str) -> float | None:
+    """McNemar p-value on the test split of one ablation row against ``basic`` of the same seed and of
+    ``basic_setting`` (a setting of the diffusion alone, y0 or EMA, leaves ``basic`` unchanged, so its rows pair
+    with the default ``basic``), or None when a run is missing."""
+    this = runs.get((dataset, setting, row.variant, seed, row.samples, "test"))
+    basic = runs.get((dataset, basic_setting, "basic", seed, "10", "test"))
     if this is None or basic is None:
         return None
     if this.ids != basic.ids:
@@ -370,13 +341,7 @@ def metric_columns(prediction: str) -> tuple[str, str, str]:
     return f"{prefix}accuracy", f"{prefix}macro_f1", f"{prefix}auc"
 
 
-def ablation_cells(
-    metrics: Sequence[dict[str, str]],
-    runs: dict[EvaluationKey, Evaluation],
-    dataset: str,
-    row: AblationRow,
-    setting: str = "default",
-) -> list[str]:
+def ablation_cells(metrics: Rows, runs: Runs, dataset: str, row: AblationRow, setting: str = "default") -> list[str]:
     """The cells of one ablation row: test-split means over seeds, seed-0 intervals, McNemar against basic.
 
     The diffusion rows are read from ``setting``, ``basic`` from ``default``: meant for settings of the diffusion
@@ -394,13 +359,13 @@ def ablation_cells(
     cells += prediction_intervals(first, row.prediction)
     if row.variant == "basic":
         return cells + ["-", "-"]
-    cells.append(p_cell(paired_p(runs, dataset, row, "0", setting=setting, basic_setting="default")))
-    p_values = [paired_p(runs, dataset, row, s, setting=setting, basic_setting="default") for s in seeds]
+    p_values = [paired_p(runs, dataset, setting, row, s, "default") for s in seeds]
+    cells.append(p_cell(paired_p(runs, dataset, setting, row, "0", "default")))
     significant = sum(p is not None and p < ALPHA for p in p_values)
     return cells + [f"{significant} of {len(p_values)}" if len(p_values) > 1 else "-"]
 
 
-def ablation_table(metrics: list[dict[str, str]], predictions: list[dict[str, str]], setting: str = "default") -> str:
+def ablation_table(metrics: Rows, predictions: Rows, setting: str = "default") -> str:
     """Test-split ablation of the small recipe on each dataset: means over seeds, intervals, paired tests."""
     runs = evaluations(predictions)
     rows = [ablation_cells(metrics, runs, d, r, setting) for d in DATASETS for r in ABLATION_ROWS]
@@ -409,9 +374,7 @@ def ablation_table(metrics: list[dict[str, str]], predictions: list[dict[str, st
     return markdown(header, rows)
 
 
-def seed_means(
-    metrics: Sequence[dict[str, str]], dataset: str, variant: str, setting: str = "default"
-) -> tuple[float, float] | None:
+def seed_means(metrics: Rows, dataset: str, variant: str, setting: str = "default") -> tuple[float, float] | None:
     """Mean test AUC and ACC over the seeds of a variant and setting evaluated with 10 samples."""
     tests = select(metrics, dataset=dataset, setting=setting, variant=variant, split="test", num_samples="10")
     if not tests:
@@ -427,7 +390,7 @@ def target_verdict(dataset: str, auc: float, accuracy: float) -> str:
     return "yes" if not misses else "no: " + ", ".join(misses)
 
 
-def published_table(metrics: list[dict[str, str]]) -> str:
+def published_table(metrics: Rows) -> str:
     """MedMNIST v2's published test results next to this bundle's basic and full (S=10) means over seeds."""
     rows = []
     for dataset, name in DATASETS.items():
@@ -456,7 +419,7 @@ HEADLINE_ROWS = [
 ]
 
 
-def headline_table(metrics: list[dict[str, str]]) -> str:
+def headline_table(metrics: Rows) -> str:
     """The README's ablation rows (test, mean ± sd over seeds) beside MedMNIST v2's ResNet-18 (28)."""
     rows = []
     for dataset, name in DATASETS.items():
@@ -469,7 +432,7 @@ def headline_table(metrics: list[dict[str, str]]) -> str:
     return markdown(["dataset", "model", "ACC", "macro-F1", "AUC"], rows)
 
 
-def small_recipe_table(metrics: list[dict[str, str]], predictions: list[dict[str, str]]) -> str:
+def small_recipe_table(metrics: Rows, predictions: Rows) -> str:
     """The README's one training per dataset (seed 0, S = 1): denoised, prior and majority-class baseline."""
     runs, rows = evaluations(predictions), []
     for dataset, name in DATASETS.items():
@@ -490,12 +453,7 @@ def small_recipe_table(metrics: list[dict[str, str]], predictions: list[dict[str
 
 
 def paper_dataset_cells(
-    metrics: Sequence[dict[str, str]],
-    runs: dict[EvaluationKey, Evaluation],
-    curves: Sequence[dict[str, str]],
-    dataset: str,
-    setting: str,
-    basic_setting: str,
+    metrics: Rows, runs: Runs, curves: Rows, dataset: str, setting: str, basic_setting: str
 ) -> list[list[str]]:
     """Rows of one dataset and split: basic, the prior, full with S = 1 and 10, seed 0, test split.
 
@@ -515,7 +473,7 @@ def paper_dataset_cells(
         accuracy, f1, auc = metric_columns(row.prediction)
         kappa = "prior_kappa" if row.prediction == "prior" else "kappa"
         interval = prediction_intervals(evaluation, row.prediction)[0]
-        p_value = None if row.variant == "basic" else paired_p(runs, dataset, row, "0", "test", setting, basic_setting)
+        p_value = None if row.variant == "basic" else paired_p(runs, dataset, setting, row, "0", basic_setting)
         epoch = checkpoint_epoch(curves, dataset=dataset, setting=setting, variant=row.variant, seed="0")
         cells = [row.label, row.samples_cell(), f3(found[accuracy]), interval, *map(f3, (found[f1], found[auc]))]
         cells += [f3(found[kappa]), p_cell(p_value), found["epochs"], epoch, found["train_seconds"]]
@@ -523,9 +481,7 @@ def paper_dataset_cells(
     return out
 
 
-def paper_datasets_table(
-    metrics: list[dict[str, str]], predictions: list[dict[str, str]], curves: list[dict[str, str]]
-) -> str:
+def paper_datasets_table(metrics: Rows, predictions: Rows, curves: Rows) -> str:
     """HAM10000 and APTOS at CPU scale (seed 0, test split) with the paper's full-resolution row beside them."""
     runs = evaluations(predictions)
     rows = []
@@ -550,12 +506,12 @@ def key_metric(dataset: str) -> str:
     return "macro_f1"
 
 
-def curve(curves: Sequence[dict[str, str]], tag: str, **run: str) -> list[tuple[int, float]]:
+def curve(curves: Rows, tag: str, **run: str) -> list[tuple[int, float]]:
     """(epoch, value) of one tag of one run's training curves, by epoch."""
     return sorted((int(r["epoch"]), float(r["value"])) for r in select(curves, tag=tag, **run))
 
 
-def checkpoint_epoch(curves: Sequence[dict[str, str]], **run: str) -> str:
+def checkpoint_epoch(curves: Rows, **run: str) -> str:
     """The epoch of the evaluated checkpoint: the first best validation value of the dataset's key metric."""
     points = curve(curves, key_metric(run["dataset"]), **run)
     if not points:
@@ -569,7 +525,7 @@ def triple(row: dict[str, str] | None, columns: Sequence[str]) -> str:
     return "-" if row is None else " / ".join(f3(row[c]) for c in columns)
 
 
-def one(rows: Sequence[dict[str, str]], **fields: str) -> dict[str, str] | None:
+def one(rows: Rows, **fields: str) -> dict[str, str] | None:
     """The single row matching the fields, or None."""
     found = select(rows, **fields)
     return found[0] if found else None
@@ -578,13 +534,7 @@ def one(rows: Sequence[dict[str, str]], **fields: str) -> dict[str, str] | None:
 PRIOR_ACC_AUC = ("prior_accuracy", "prior_auc")
 
 
-def study_cells(
-    metrics: Sequence[dict[str, str]],
-    curves: Sequence[dict[str, str]],
-    setting: str,
-    dataset: str,
-    with_device: bool = False,
-) -> list[str]:
+def study_cells(metrics: Rows, curves: Rows, setting: str, dataset: str, with_device: bool = False) -> list[str]:
     """One row of the study table: validation metrics of a setting's seed-0 ``full`` run, test for information."""
     run = dict(dataset=dataset, setting=setting, variant="full", seed="0")
     rows = select(metrics, **run)
@@ -602,12 +552,7 @@ def study_cells(
     return cells + [val10["train_seconds"], triple(test10, ("accuracy", "auc")), triple(test10, PRIOR_ACC_AUC)]
 
 
-def study_table(
-    metrics: list[dict[str, str]],
-    curves: list[dict[str, str]],
-    settings: Sequence[str] | None = None,
-    with_device: bool = False,
-) -> str:
+def study_table(metrics: Rows, curves: Rows, settings: Sequence[str] | None = None, with_device: bool = False) -> str:
     """The settings study on the validation split (seed 0, ``full``) from ``collect.py``'s metrics and curves;
     settings without rows: not finished. ``settings``: those shown (None: all); ``with_device``: a column naming
     each run's device (for rows of several sessions)."""
@@ -631,7 +576,7 @@ def study_table(
     return markdown(header, rows)
 
 
-def test_selection_table(rows: list[dict[str, str]]) -> str:
+def test_selection_table(rows: Rows) -> str:
     """The authors' checkpoint selection on the test split against the bundle's on validation
     (``test_selection.py``): the test accuracy each rule reports."""
     from test_selection import markdown, summarize  # beside this script
@@ -651,7 +596,7 @@ DIAGNOSTIC_COLUMNS = [
 ]
 
 
-def diagnostics_table(rows: list[dict[str, str]]) -> str:
+def diagnostics_table(rows: Rows) -> str:
     """What the denoiser adds to its prior (``diagnostics.py``): one row per run and split, S = 1."""
 
     def cell(row: dict[str, str] | None, columns: Sequence[str]) -> str:
@@ -674,7 +619,7 @@ def diagnostics_table(rows: list[dict[str, str]]) -> str:
     return markdown(header, table)
 
 
-def seeds_cells(metrics: Sequence[dict[str, str]], setting: str, dataset: str) -> tuple[list[str], list[float]]:
+def seeds_cells(metrics: Rows, setting: str, dataset: str) -> tuple[list[str], list[float]]:
     """One row of the seeds table and the validation accuracies (S = 1 and 10, every seed) it averages."""
     rows = select(metrics, dataset=dataset, setting=setting, variant="full")
 
@@ -690,7 +635,7 @@ def seeds_cells(metrics: Sequence[dict[str, str]], setting: str, dataset: str) -
     return cells + [f"{test[0]} / {test[1]}", f"{test[2]} / {test[3]}"], val1 + val10
 
 
-def seeds_table(metrics: list[dict[str, str]]) -> str:
+def seeds_table(metrics: Rows) -> str:
     """Settings of ``full`` run with several seeds, on the validation split, and the one it chooses.
 
     The choice: the highest validation ACC averaged over both datasets, S = 1 and 10 and every seed.
@@ -743,7 +688,7 @@ def write(path: Path, content: Any) -> None:
     partial.replace(path)
 
 
-def draw_curves(curves: Sequence[dict[str, str]], path: Path, settings: Sequence[str] = ("default",)) -> None:
+def draw_curves(curves: Rows, path: Path, settings: Sequence[str] = ("default",)) -> None:
     """Validation ACC and AUC of the denoised prediction and of the DCG prior against epoch (``full``, seeds 0-2).
 
     One column per dataset, one row per metric, one colour per run; written to ``<path>.partial`` and renamed.
@@ -777,7 +722,7 @@ AGREEMENT = 0.99  # the issue's "agrees with the full chain on at least 99 % of 
 CHAINS = (("1", "noise", "S=1"), ("10", "noise", "S=10"), ("1", "prior_mean", "from the prior mean"))
 
 
-def full_chain_steps(rows: Sequence[dict[str, str]]) -> int:
+def full_chain_steps(rows: Rows) -> int:
     """T: the DDIM steps of the full chain (the most steps of any DDIM row)."""
     return max(int(r["steps"]) for r in rows if r["sampler"] == "ddim")
 
@@ -788,18 +733,18 @@ def steps_label(sampler: str, steps: int, total: int) -> str:
     return f"{steps} (full chain)" if steps == total else str(steps)
 
 
-def ddim_chain(rows: Sequence[dict[str, str]], samples: str, start: str) -> list[dict[str, str]]:
+def ddim_chain(rows: Rows, samples: str, start: str) -> list[dict[str, str]]:
     """The DDIM rows of one chain kind (S and start), by K."""
     return sorted(select(rows, sampler="ddim", samples=samples, start=start), key=lambda r: int(r["steps"]))
 
 
-def ordered_datasets(rows: Sequence[dict[str, str]]) -> list[str]:
+def ordered_datasets(rows: Rows) -> list[str]:
     """The datasets of the rows: the ablation's in page order, then any other in order of appearance."""
     present = dict.fromkeys(r["dataset"] for r in rows)
     return [d for d in DATASETS if d in present] + [d for d in present if d not in DATASETS]
 
 
-def sampling_steps_table(rows: list[dict[str, str]], split: str = "test", setting: str = "default") -> str:
+def sampling_steps_table(rows: Rows, split: str = "test", setting: str = "default") -> str:
     """ACC / F1 / AUC and agreement with the full chain per number of reverse steps, for each chain kind."""
     rows = select(rows, split=split, setting=setting)
     total, out = full_chain_steps(rows), []
@@ -820,7 +765,7 @@ def sampling_steps_table(rows: list[dict[str, str]], split: str = "test", settin
     return markdown(header + ["ms per image, S=10 (sampling only)"], out)
 
 
-def smallest_agreeing_k_table(rows: list[dict[str, str]], split: str = "test", setting: str = "default") -> str:
+def smallest_agreeing_k_table(rows: Rows, split: str = "test", setting: str = "default") -> str:
     """The smallest K whose predicted labels agree with the full chain's on at least 99 % of the images."""
     rows = select(rows, split=split, sampler="ddim", setting=setting)
     total, out = full_chain_steps(rows), []
@@ -840,9 +785,7 @@ def smallest_agreeing_k_table(rows: list[dict[str, str]], split: str = "test", s
     return markdown(header + ["full-chain ACC", "prior ACC", "images"], out)
 
 
-def draw_sampling_steps(
-    rows: Sequence[dict[str, str]], path: Path, split: str = "test", setting: str = "default"
-) -> None:
+def draw_sampling_steps(rows: Rows, path: Path, split: str = "test", setting: str = "default") -> None:
     """Test ACC and AUC against the number of DDIM steps (log scale), one column per dataset.
 
     Lines: S=1 and S=10 chains from N(prior, I) and the deterministic chain from the prior mean; the fused
@@ -906,7 +849,7 @@ def published_verdict(dataset: str, accuracy: Bounds, auc: Bounds) -> str:
     return "reached" if not misses else "not reached: published " + ", ".join(misses)
 
 
-def medmnist_schedule_table(metrics: list[dict[str, str]], predictions: list[dict[str, str]]) -> str:
+def medmnist_schedule_table(metrics: Rows, predictions: Rows) -> str:
     """Study 3: basic, the prior and full on MedMNIST v2's schedule; validation decides, test is for information."""
     runs = evaluations(predictions)
     rows = []
@@ -939,7 +882,7 @@ def accuracy_and_auc(true: np.ndarray, probs: np.ndarray) -> str:
     return f"{np.mean(probs.argmax(1) == true):.3f} / {auc:.3f}"
 
 
-def second_view_table(predictions: list[dict[str, str]]) -> str:
+def second_view_table(predictions: Rows) -> str:
     """The bound of a second view: the prior averaged with an independently trained ResNet-18 (``basic``), beside
     the prior, ``basic`` and the denoised prediction (S = 10) of the same seed (study 3's runs)."""
     runs = evaluations(predictions)
@@ -986,7 +929,7 @@ def error_auroc(correct: np.ndarray, uncertainty: np.ndarray) -> float:
     return float(weighted_auc(counts, ~correct, uncertainty)[0]) if 0 < correct.sum() < len(correct) else math.nan
 
 
-def uncertainty_table(predictions: list[dict[str, str]]) -> str:
+def uncertainty_table(predictions: Rows) -> str:
     """Does the diffusion's uncertainty flag errors better than the prior's own entropy? Error AUROC, and the
     accuracy left when the most uncertain images are referred, of every ``full`` evaluation with S = 10 that
     recorded the prior's probabilities."""
@@ -1006,7 +949,7 @@ def uncertainty_table(predictions: list[dict[str, str]]) -> str:
     return markdown(header, rows)
 
 
-def draw_risk_coverage(predictions: Sequence[dict[str, str]], path: Path, split: str = "test") -> None:
+def draw_risk_coverage(predictions: Rows, path: Path, split: str = "test") -> None:
     """Accuracy of the kept images against the share referred, most uncertain first, for each uncertainty of
     :func:`uncertainties`: one panel per ``full`` evaluation with S = 10 and the prior's probabilities."""
     found = {
@@ -1026,7 +969,7 @@ def draw_risk_coverage(predictions: Sequence[dict[str, str]], path: Path, split:
     write(path, fig)
 
 
-def ranking_table(metrics: list[dict[str, str]]) -> str:
+def ranking_table(metrics: Rows) -> str:
     """Study 4: the denoised AUC under three ranking scores, and the share of tied pairs of the current one."""
     rows = []
     order = ("setting", "dataset", "seed", "split", "num_samples")
