@@ -126,6 +126,11 @@ def device_name(device: Any = None) -> str:
     return f"{model} ({cores} cores)"
 
 
+def row_stamp() -> dict[str, str]:
+    """The ``commit`` and ``device`` columns of a row: the code and the machine that measured it."""
+    return {"commit": git_commit()[0], "device": device_name()}
+
+
 # ---------------------------------------------------------------- config overrides and named settings
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "bundle"), str(Path(__file__).resolve().parent)]
-from common import RESULTS, append_row, device_name, git_commit, number, parse_override, recorded_keys  # noqa: E402
+from common import RESULTS, append_row, number, parse_override, recorded_keys, row_stamp  # noqa: E402
 from sampling_steps import Run, backbone_outputs, load_parser, sample_probabilities  # noqa: E402
 
 SPLITS = ("validation", "test")
@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     )
     args = parser.parse_args(argv)
     overrides = dict(parse_override(text) for text in args.set)
-    stamp, written = {"commit": git_commit()[0], "device": device_name()}, []
+    stamp, written = row_stamp(), []
     done = {run for (run,) in recorded_keys(args.out, ("run",))}
     for path in args.runs:
         run = Run(path.resolve())

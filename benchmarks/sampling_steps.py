@@ -35,42 +35,19 @@ from common import (  # noqa: E402 - beside this script
     BUNDLE,
     RESULTS,
     append_row,
-    device_name,
-    git_commit,
     number,
     parse_override,
     recorded_keys,
+    row_stamp,
 )
 
 RUN_NAME = re.compile(r"(?P<dataset>[a-z0-9]+)_(?P<recipe>small|paper)_(?P<variant>C1|C2|full)(?:_(?P<setting>.+))?")
 STEPS = (1, 2, 5, 10, 20, 50, 100)  # and T, the full chain
 TINY_STEPS = (1, 2, 5)  # and T
 KEY = ("run", "split", "sampler", "steps", "samples", "start")
-COLUMNS = [
-    "dataset",
-    "recipe",
-    "variant",
-    "setting",
-    "seed",
-    "run",
-    "split",
-    "images",
-    "sampler",
-    "steps",
-    "samples",
-    "start",
-    "accuracy",
-    "macro_f1",
-    "auc",
-    "agreement_full_chain",
-    "prior_accuracy",
-    "prior_macro_f1",
-    "prior_auc",
-    "sample_seconds",
-    "backbone_seconds",
-    "commit",
-    "device",
-]
+COLUMNS = ["dataset", "recipe", "variant", "setting", "seed", "run", "split", "images", "sampler", "steps", "samples"]
+COLUMNS += ["start", "accuracy", "macro_f1", "auc", "agreement_full_chain", "prior_accuracy", "prior_macro_f1"]
+COLUMNS += ["prior_auc", "sample_seconds", "backbone_seconds", "commit", "device"]
 
 
 class Run:
@@ -232,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(argv)
 
     runs = [Run(path.resolve()) for path in args.runs]
-    done, stamp, written = recorded_keys(args.out, KEY), {"commit": git_commit()[0], "device": device_name()}, []
+    done, stamp, written = recorded_keys(args.out, KEY), row_stamp(), []
     for run in runs:
         for split in args.splits:
             written += measure_run(run, split, args, done, stamp)

@@ -42,28 +42,17 @@ from common import (  # noqa: E402 - beside this script
     BUNDLE,
     RESULTS,
     append_row,
-    device_name,
-    git_commit,
     number,
     read_rows,
     recorded_keys,
+    row_stamp,
 )
 from train_evaluate import TINY  # noqa: E402 - the same smoke-run network
 
 KEY = ("dataset", "seed", "epoch", "split")
 METRICS = ("accuracy", "macro_f1", "auc", "kappa", "balanced_accuracy")
-FIELDS = [
-    "dataset",
-    "recipe",
-    "seed",
-    "epoch",
-    "split",
-    "key_metric_name",
-    *METRICS,
-    *(f"prior_{m}" for m in METRICS),
-    "commit",
-    "device",
-]
+FIELDS = ["dataset", "recipe", "seed", "epoch", "split", "key_metric_name", *METRICS, *(f"prior_{m}" for m in METRICS)]
+FIELDS += ["commit", "device"]
 SUMMARY_FIELDS = [
     "dataset",
     "seed",
@@ -296,7 +285,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         overrides = {**(dict(TINY, max_epochs=3) if args.tiny else {}), **dict(parse_override(t) for t in args.set)}
         overrides.pop("tsne_max_images", None)
         work = (args.work or table.with_name(table.stem)).resolve()
-        done, stamp = recorded_keys(table, KEY), {"commit": git_commit()[0], "device": device_name()}
+        done, stamp = recorded_keys(table, KEY), row_stamp()
         for dataset in args.datasets:
             for seed in args.seeds:
                 run_dir = work / f"{dataset}_{args.recipe}_seed{seed}"

@@ -29,11 +29,10 @@ from common import (  # noqa: E402 - beside this script
     BUNDLE,
     RESULTS,
     append_row,
-    device_name,
-    git_commit,
     override_text,
     parse_override,
     recorded_keys,
+    row_stamp,
     setting_overrides,
 )
 
@@ -196,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides, overrides_text = run_overrides(args)
     sys.path.insert(0, str(BUNDLE))
     out, table = args.out.resolve(), args.out.resolve() / "results.csv"
-    done, stamp = recorded_keys(table, KEY, missing="default"), {"commit": git_commit()[0], "device": device_name()}
+    done, stamp = recorded_keys(table, KEY, missing="default"), row_stamp()
     for dataset in args.datasets:
         train_configs = ["configs/train.yaml", f"configs/data/{dataset}.yaml"]
         train_configs += ["configs/small.yaml"] if args.recipe == "small" else []
