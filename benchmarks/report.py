@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, read_rows  # noqa: E402 - beside this script
+from common import REPO, RESULTS, read_rows, write_whole  # noqa: E402 - beside this script
 
 DOCS = REPO / "bundle" / "docs"
 HISTORY = "benchmarks_history.md"
@@ -144,11 +144,7 @@ def speed_table(rows: Rows) -> str:
     out = []
     settings = sorted({(r["recipe"], int(r["image_size"]), int(r["width"])) for r in rows}, key=lambda s: (s[1], s[2]))
     for recipe, size, width in settings:
-        by = {
-            r["measurement"]: r
-            for r in rows
-            if (r["recipe"], int(r["image_size"]), int(r["width"])) == (recipe, size, width)
-        }
+        by = {r["measurement"]: r for r in select(rows, recipe=recipe, image_size=str(size), width=str(width))}
         cells = [f"{size}", f"{width} ({recipe})", rate(by["infer_basic"])]
         cells += [f"{rate(by[m])} ({float(by[m]['ratio_to_basic']):.2f}x)" for m in wanted]
         cells += [rate(by["train_basic"])]
@@ -163,16 +159,13 @@ def speed_table(rows: Rows) -> str:
 
 def evaluation_table(rows: Rows, setting: str = "default") -> str:
     """Test-split metrics of the denoised prediction and of the fused DCG prior, per evaluation of a setting."""
-    out = []
-    for r in rows:
-        if r.get("split", "test") != "test" or r.get("setting", "default") != setting:  # older files: test only
-            continue
-        out.append(
-            [r["dataset"], r["recipe"], r["epochs"], r["num_samples"]]
-            + [f"{f3(r[k])}" for k in ("accuracy", "macro_f1", "auc", "kappa", "ece", "entropy_error_auroc")]
-            + [f"{f3(r[k])}" for k in ("prior_accuracy", "prior_macro_f1", "prior_auc", "prior_kappa")]
-            + [r["train_seconds"]]
-        )
+    metrics = ("accuracy", "macro_f1", "auc", "kappa", "ece", "entropy_error_auroc")
+    metrics += ("prior_accuracy", "prior_macro_f1", "prior_auc", "prior_kappa")
+    out = [
+        [r["dataset"], r["recipe"], r["epochs"], r["num_samples"], *(f3(r[k]) for k in metrics), r["train_seconds"]]
+        for r in rows
+        if r.get("split", "test") == "test" and r.get("setting", "default") == setting  # older files: test only
+    ]
     header = ["dataset", "recipe", "epochs", "S", "ACC", "macro-F1", "AUC", "kappa", "ECE", "error AUROC (entropy)"]
     header += ["prior ACC", "prior F1", "prior AUC", "prior kappa", "training s"]
     return markdown(header, out)
@@ -678,26 +671,17 @@ def dress(ax: Any, title: str, ylabel: str, xlabel: str | None) -> None:
 
 
 def write(path: Path, content: Any) -> None:
-    """A page's text or a figure's PNG, written to ``<path>.partial`` and renamed: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
+    """A page's text or a figure's PNG, written whole."""
     if isinstance(content, str):
-        partial.write_text(content)
+        write_whole(path, lambda partial: partial.write_text(content))
     else:
-        content.savefig(partial, format="png", dpi=110)
-    partial.replace(path)
+        write_whole(path, lambda partial: content.savefig(partial, format="png", dpi=110))
 
 
 def draw_curves(curves: Rows, path: Path, settings: Sequence[str] = ("default",)) -> None:
-    """Validation ACC and AUC of the denoised prediction and of the DCG prior against epoch (``full``, seeds 0-2).
-
-    One column per dataset, one row per metric, one colour per run; written to ``<path>.partial`` and renamed.
-
-    Args:
-        curves: rows of a ``collect.py`` curves CSV.
-        path: the PNG file.
-        settings: the runs' settings (``train_evaluate.py --setting``), named in the legend when more than one.
-    """
+    """Validation ACC and AUC of the denoised prediction and of the DCG prior against epoch (``full``, seeds 0-2)
+    from ``collect.py``'s curves: one column per dataset, one row per metric, one colour per run. ``settings``:
+    the runs' (``train_evaluate.py --setting``), named in the legend when more than one."""
     fig, axes = panels(2, len(DATASETS))
     for column, (dataset, name) in enumerate(DATASETS.items()):
         for row, (metric, label) in enumerate((("accuracy", "validation ACC"), ("auc", "validation AUC"))):

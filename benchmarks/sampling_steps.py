@@ -37,6 +37,7 @@ from common import (  # noqa: E402 - beside this script
     append_row,
     number,
     parse_override,
+    recipe_configs,
     recorded_keys,
     row_stamp,
 )
@@ -71,8 +72,7 @@ class Run:
 
     def configs(self) -> list[str]:
         """The config files the run was trained with, then evaluate.yaml (relative to the bundle folder)."""
-        small = ["configs/small.yaml"] if self.recipe == "small" else []
-        return ["configs/train.yaml", f"configs/data/{self.dataset}.yaml", *small, "configs/evaluate.yaml"]
+        return [*recipe_configs(self.dataset, self.recipe), "configs/evaluate.yaml"]
 
 
 def load_parser(run: Run, split: str, overrides: dict):

@@ -32,7 +32,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -42,8 +41,10 @@ from common import (  # noqa: E402 - beside this script
     BUNDLE,
     RESULTS,
     append_row,
+    in_bundle_folder,
     number,
     read_rows,
+    recipe_configs,
     recorded_keys,
     row_stamp,
 )
@@ -105,22 +106,14 @@ def split_row(metrics: dict) -> dict:
 def train_recording(
     dataset: str, seed: int, run_dir: Path, table: Path, done: set, overrides: dict, stamp: dict, recipe: str
 ) -> int:
-    """Trains one (dataset, seed) with the bundle's workflow and appends a row per joint epoch and split.
-
-    Returns:
-        the epochs completed.
-    """
+    """Trains one (dataset, seed) with the bundle's workflow and appends a row per joint epoch and split; returns
+    the epochs completed."""
     from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
 
-    configs = ["configs/train.yaml", f"configs/data/{dataset}.yaml"] + (
-        ["configs/small.yaml"] if recipe == "small" else []
-    )
-    cwd = os.getcwd()
-    os.chdir(BUNDLE)  # configs and `scripts` resolve from the bundle folder, as on the command line
-    try:
+    with in_bundle_folder():
         workflow = ConfigWorkflow(
-            config_file=configs,
+            config_file=recipe_configs(dataset, recipe),
             workflow_type=None,
             run_id="training",
             logging_file="configs/logging.conf",
@@ -169,8 +162,6 @@ def train_recording(
         trainer.add_event_handler(Events.EPOCH_COMPLETED, record)
         workflow.run()
         workflow.finalize()
-    finally:
-        os.chdir(cwd)
     return trainer.state.epoch
 
 
