@@ -99,6 +99,11 @@ def number(value: float) -> str:
     return f"{value:.6g}"
 
 
+def as_stored(row: dict[str, Any]) -> dict[str, str]:
+    """A row as the CSV reads it back: floats at six significant digits, everything else as text."""
+    return {c: number(v) if isinstance(v, float) else str(v) for c, v in row.items()}
+
+
 # ---------------------------------------------------------------- the stamp of a row
 
 

@@ -81,27 +81,29 @@ PAPER_DATASETS = [
 PAPER_ROWS = {"ham10000": (0.906, 0.816), "aptos2019": (0.858, 0.716)}
 
 
-class AblationRow(NamedTuple):
-    """One row of the ablation table: which runs, which prediction (``denoised`` or the fused ``prior``)."""
+class ModelRow(NamedTuple):
+    """One model row of a table: which runs, the S of their evaluation (basic and the prior do not depend on it),
+    which prediction (``denoised`` or the fused ``prior``), and the runs' setting where the table mixes them."""
 
     label: str
     variant: str
-    samples: str  # the evaluation's num_samples; basic and the prior do not depend on it
+    samples: str
     prediction: str
+    setting: str = "default"
 
     def samples_cell(self) -> str:
         return "-" if self.prediction == "prior" or self.variant == "basic" else self.samples
 
 
 ABLATION_ROWS = [
-    AblationRow("basic (ResNet-18)", "basic", "10", "denoised"),
-    AblationRow("DCG prior (fused, of full)", "full", "10", "prior"),
-    AblationRow("C1", "C1", "1", "denoised"),
-    AblationRow("C1", "C1", "10", "denoised"),
-    AblationRow("C2", "C2", "1", "denoised"),
-    AblationRow("C2", "C2", "10", "denoised"),
-    AblationRow("full", "full", "1", "denoised"),
-    AblationRow("full", "full", "10", "denoised"),
+    ModelRow("basic (ResNet-18)", "basic", "10", "denoised"),
+    ModelRow("DCG prior (fused, of full)", "full", "10", "prior"),
+    ModelRow("C1", "C1", "1", "denoised"),
+    ModelRow("C1", "C1", "10", "denoised"),
+    ModelRow("C2", "C2", "1", "denoised"),
+    ModelRow("C2", "C2", "10", "denoised"),
+    ModelRow("full", "full", "1", "denoised"),
+    ModelRow("full", "full", "10", "denoised"),
 ]
 
 
@@ -315,7 +317,7 @@ def prediction_intervals(evaluation: Evaluation, prediction: str) -> tuple[str, 
     return bootstrap_intervals(evaluation.true, labels_of(evaluation, prediction), probs)
 
 
-def paired_p(runs: Runs, dataset: str, setting: str, row: AblationRow, seed: str, basic_setting: str) -> float | None:
+def paired_p(runs: Runs, dataset: str, setting: str, row: ModelRow, seed: str, basic_setting: str) -> float | None:
     """McNemar p-value on the test split of one ablation row against ``basic`` of the same seed and of
     ``basic_setting`` (a setting of the diffusion alone, y0 or EMA, leaves ``basic`` unchanged, so its rows pair
     with the default ``basic``), or None when a run is missing."""
@@ -334,7 +336,7 @@ def metric_columns(prediction: str) -> tuple[str, str, str]:
     return f"{prefix}accuracy", f"{prefix}macro_f1", f"{prefix}auc"
 
 
-def ablation_cells(metrics: Rows, runs: Runs, dataset: str, row: AblationRow, setting: str = "default") -> list[str]:
+def ablation_cells(metrics: Rows, runs: Runs, dataset: str, row: ModelRow, setting: str = "default") -> list[str]:
     """The cells of one ablation row: test-split means over seeds, seed-0 intervals, McNemar against basic.
 
     The diffusion rows are read from ``setting``, ``basic`` from ``default``: meant for settings of the diffusion
@@ -402,13 +404,13 @@ def published_table(metrics: Rows) -> str:
     return markdown(header, rows) + f"\n\nTargets: {targets}."
 
 
-# the README's headline rows: (label, variant, setting, num_samples, prediction), test means over seeds
+# the README's headline rows: test means over seeds
 HEADLINE_ROWS = [
-    ("`basic` (ResNet-18, this bundle)", "basic", "default", "10", "denoised"),
-    ("DCG prior of `full` (y0)", "full", "y0", "10", "prior"),
-    ("`full` (y0), S = 1", "full", "y0", "1", "denoised"),
-    ("`full` (y0), S = 10", "full", "y0", "10", "denoised"),
-    ("`full` (noise target), S = 10", "full", "default", "10", "denoised"),
+    ModelRow("`basic` (ResNet-18, this bundle)", "basic", "10", "denoised"),
+    ModelRow("DCG prior of `full` (y0)", "full", "10", "prior", "y0"),
+    ModelRow("`full` (y0), S = 1", "full", "1", "denoised", "y0"),
+    ModelRow("`full` (y0), S = 10", "full", "10", "denoised", "y0"),
+    ModelRow("`full` (noise target), S = 10", "full", "10", "denoised"),
 ]
 
 
@@ -416,10 +418,11 @@ def headline_table(metrics: Rows) -> str:
     """The README's ablation rows (test, mean ± sd over seeds) beside MedMNIST v2's ResNet-18 (28)."""
     rows = []
     for dataset, name in DATASETS.items():
-        for label, variant, setting, samples, prediction in HEADLINE_ROWS:
-            tests = select(metrics, dataset=dataset, setting=setting, variant=variant, split="test")
-            tests = select(tests, num_samples=samples)
-            rows.append([name, label, *means(tests, metric_columns(prediction))])
+        for row in HEADLINE_ROWS:
+            tests = select(metrics, dataset=dataset, setting=row.setting, variant=row.variant, split="test")
+            rows.append(
+                [name, row.label, *means(select(tests, num_samples=row.samples), metric_columns(row.prediction))]
+            )
         method, auc, accuracy = PUBLISHED[dataset][0]
         rows.append([name, f"{method}, MedMNIST v2", f"{accuracy:.3f}", "-", f"{auc:.3f}"])
     return markdown(["dataset", "model", "ACC", "macro-F1", "AUC"], rows)
@@ -435,12 +438,9 @@ def small_recipe_table(metrics: Rows, predictions: Rows) -> str:
             share = np.bincount(run.true).max() / len(run.true)
             majority = f"{share:.3f} / {2 * share / (1 + share) / run.probs.shape[1]:.3f}"  # F1 0 for the others
             minutes, seconds = divmod(int(found["train_seconds"]), 60)
-            rows.append(
-                [name, f"{split} ({len(run.ids)})"]
-                + [triple(found, ("accuracy", "macro_f1", "kappa"))]
-                + [triple(found, ("prior_accuracy", "prior_macro_f1", "prior_kappa")), majority]
-                + [f"{minutes} min {seconds} s" if split == "validation" else ""]
-            )
+            cells = [name, f"{split} ({len(run.ids)})", triple(found, ("accuracy", "macro_f1", "kappa"))]
+            cells += [triple(found, ("prior_accuracy", "prior_macro_f1", "prior_kappa")), majority]
+            rows.append(cells + [f"{minutes} min {seconds} s" if split == "validation" else ""])
     header = ["dataset", "split", "denoised ACC / macro-F1 / kappa", "prior ACC / macro-F1 / kappa"]
     return markdown(header + ["majority ACC / macro-F1", "training wall time"], rows)
 
@@ -803,21 +803,11 @@ def draw_sampling_steps(rows: Rows, path: Path, split: str = "test", setting: st
 REFERRED = (0.1, 0.2, 0.3)  # shares of the most uncertain images referred to a reader (uncertainty table)
 
 
-class StudyRow(NamedTuple):
-    """One row of study 3's table: a setting's variant, the S of its evaluation, and which prediction."""
-
-    label: str
-    setting: str
-    variant: str
-    samples: str
-    prediction: str
-
-
 MEDMNIST_SCHEDULE_ROWS = [
-    StudyRow("basic (ResNet-18)", "basic_medmnist", "basic", "10", "denoised"),
-    StudyRow("DCG prior (fused, of full)", "y0_medmnist", "full", "10", "prior"),
-    StudyRow("full, S=1", "y0_medmnist", "full", "1", "denoised"),
-    StudyRow("full, S=10", "y0_medmnist", "full", "10", "denoised"),
+    ModelRow("basic (ResNet-18)", "basic", "10", "denoised", "basic_medmnist"),
+    ModelRow("DCG prior (fused, of full)", "full", "10", "prior", "y0_medmnist"),
+    ModelRow("full, S=1", "full", "1", "denoised", "y0_medmnist"),
+    ModelRow("full, S=10", "full", "10", "denoised", "y0_medmnist"),
 ]
 
 

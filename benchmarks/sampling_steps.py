@@ -35,7 +35,7 @@ from common import (  # noqa: E402 - beside this script
     BUNDLE,
     RESULTS,
     append_row,
-    number,
+    as_stored,
     parse_override,
     recipe_configs,
     recorded_keys,
@@ -69,6 +69,11 @@ class Run:
         self.checkpoint = path / "models" / "model.pt"
         if not self.checkpoint.is_file():
             raise FileNotFoundError(f"{path}: no models/model.pt (training unfinished or failed?)")
+
+    def columns(self) -> dict[str, object]:
+        """What a row says of its run."""
+        names = dict(dataset=self.dataset, recipe=self.recipe, variant=self.variant, setting=self.setting)
+        return names | {"seed": self.seed, "run": self.name}
 
     def configs(self) -> list[str]:
         """The config files the run was trained with, then evaluate.yaml (relative to the bundle folder)."""
@@ -170,12 +175,11 @@ def measure_run(run: Run, split: str, args: argparse.Namespace, done: set, stamp
         if key in done:  # the full chain was recomputed only as the reference of missing rows
             continue
         reference = full_chain.get((s, start))
-        row = dict(dataset=run.dataset, recipe=run.recipe, variant=run.variant, setting=run.setting, seed=run.seed)
-        row.update(run=run.name, split=split, images=len(labels), sampler=name, steps=k, samples=s, start=start)
+        row = dict(run.columns(), split=split, images=len(labels), sampler=name, steps=k, samples=s, start=start)
         row.update({metric: score(probs, labels) for metric, score in scores.items()}, **prior_scores, **stamp)
         row["agreement_full_chain"] = float((predicted == reference).float().mean()) if reference is not None else ""
         row.update(sample_seconds=round(seconds, 3), backbone_seconds=round(backbone_seconds, 3))
-        row = {c: (number(v) if isinstance(v, float) else str(v)) for c, v in row.items()}  # as read back
+        row = as_stored(row)
         append_row(args.out, row, COLUMNS)
         done.add(key)
         written.append(row)

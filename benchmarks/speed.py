@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "bundle"), str(Path(__file__).resolve().parent)]
-from common import BUNDLE, RESULTS, append_row, device_name, git_commit, number, recorded_rows  # noqa: E402
+from common import BUNDLE, RESULTS, append_row, as_stored, device_name, git_commit, recorded_rows  # noqa: E402
 
 if TYPE_CHECKING:
     from monai.bundle import ConfigParser
@@ -268,7 +268,7 @@ class Results:
     def add(self, row: dict[str, Any]) -> dict[str, str]:
         """Writes one row (context columns filled in) and returns it as the CSV holds it."""
         full = {c: "" for c in COLUMNS} | self.context | {"date": datetime.now(UTC).isoformat(timespec="seconds")}
-        full |= {k: number(v) if isinstance(v, float) else v for k, v in row.items()}
+        full |= as_stored(row)
         stored = append_row(self.path, full, COLUMNS, lineterminator="\n")
         self.rows.append(stored)
         return stored
