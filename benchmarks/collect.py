@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, read_rows  # noqa: E402 - beside this script
+from common import RESULTS, read_rows, write_whole  # noqa: E402 - beside this script
 
 KEY = ("dataset", "recipe", "setting", "seed", "variant", "num_samples", "split")  # train_evaluate.py's key
 RUN_DIR = re.compile(  # <dataset>_<recipe>_<variant>[_<setting>]_seed<S>, as train_evaluate.py names run folders
@@ -39,17 +39,12 @@ PREDICTION_FIELDS = [*RUN_FIELDS, "num_samples", "split", "id", "true_label", "p
 CURVE_FIELDS = [*RUN_FIELDS, "epoch", "tag", "value"]
 # the trainer's per-iteration scalars (losses, learning rates); every other tag is a per-epoch validation metric
 ITERATION_TAG_PREFIXES = ("loss", "lr_")
+CLASS_PREFIXES = ("prob_", "prior_prob_", "label_mean_")  # the per-class columns of a predictions.csv
 
 
 def run_info(run_dir: Path) -> dict[str, str] | None:
-    """The dataset, recipe, setting, variant and seed a run folder's name encodes.
-
-    Args:
-        run_dir: a folder named ``<dataset>_<recipe>_<variant>[_<setting>]_seed<S>`` by train_evaluate.py.
-
-    Returns:
-        the fields of ``RUN_FIELDS`` (setting ``default`` when the name has none), or None for another name.
-    """
+    """The ``RUN_FIELDS`` a run folder's name encodes (setting ``default`` when the name has none), or None for a
+    name train_evaluate.py does not give."""
     match = RUN_DIR.match(run_dir.name)
     if match is None:
         return None
@@ -58,14 +53,8 @@ def run_info(run_dir: Path) -> dict[str, str] | None:
 
 
 def run_dirs(folders: Sequence[Path]) -> list[tuple[Path, dict[str, str]]]:
-    """The run folders inside train_evaluate.py output folders, with what their names encode.
-
-    Args:
-        folders: train_evaluate.py ``--out`` folders.
-
-    Returns:
-        (run folder, ``run_info``) pairs, in the order of ``folders`` and then of the names.
-    """
+    """(run folder, ``run_info``) of the run folders inside train_evaluate.py ``--out`` folders, in the order of
+    ``folders`` and then of the names."""
     found = []
     for folder in folders:
         for path in sorted(p for p in folder.iterdir() if p.is_dir()):
@@ -86,16 +75,10 @@ def sort_key(row: dict[str, str], fields: Sequence[str]) -> tuple:
 
 
 def metric_rows(folders: Sequence[Path], commit: str | None = None) -> list[dict[str, str]]:
-    """The rows of every folder's ``results.csv``, one per evaluation.
-
-    Args:
-        folders: train_evaluate.py output folders; a folder without ``results.csv`` adds nothing.
-        commit: replaces the ``commit`` column where given (e.g. when the device's git metadata was stale).
-
-    Returns:
-        the rows deduplicated by ``KEY`` (a later folder's row replaces an earlier one), sorted by it. Rows of
-        older files without a setting or split read as ``default`` and ``test``, as train_evaluate.py reads them.
-    """
+    """The rows of every folder's ``results.csv``, one per evaluation, deduplicated by ``KEY`` (a later folder's
+    row replaces an earlier one) and sorted by it. Rows of older files without a setting or split read as
+    ``default`` and ``test``, as train_evaluate.py reads them. ``commit`` replaces the ``commit`` column where
+    given (when the device's git metadata was stale)."""
     merged: dict[tuple[str, ...], dict[str, str]] = {}
     for folder in folders:
         path = folder / "results.csv"
@@ -108,18 +91,9 @@ def metric_rows(folders: Sequence[Path], commit: str | None = None) -> list[dict
 
 
 def evaluation_predictions(path: Path, run: dict[str, str], evaluation: dict[str, str]) -> list[dict[str, str]]:
-    """One evaluation's ``predictions.csv`` with class indices instead of names.
-
-    Args:
-        path: ``<run>/<split>_samples<S>/predictions.csv`` (columns id, true_label, predicted_label,
-            prob_<class>..., prior_label, ...).
-        run: the run's ``run_info``.
-        evaluation: its split and num_samples.
-
-    Returns:
-        rows of ``PREDICTION_FIELDS`` plus ``prob_0``... (and ``prior_prob_0``..., ``vote_agreement``,
-        ``label_mean_0``... where the file has them): class i is the i-th ``prob_<name>`` column of the file (the
-        config's class order), and every label is written as its class index.
+    """One evaluation's ``<run>/<split>_samples<S>/predictions.csv`` with class indices instead of names: rows of
+    ``PREDICTION_FIELDS`` plus ``prob_0``... (and ``prior_prob_0``..., ``vote_agreement``, ``label_mean_0``...
+    where the file has them); class i is the i-th ``prob_<name>`` column of the file (the config's class order).
     """
     rows = read_rows(path)
     names = [c.removeprefix("prob_") for c in (rows[0] if rows else {}) if c.startswith("prob_")]
@@ -128,26 +102,19 @@ def evaluation_predictions(path: Path, run: dict[str, str], evaluation: dict[str
     for r in rows:
         row = {**run, **evaluation, "id": r["id"]}
         row.update({k: index[r[k]] for k in ("true_label", "predicted_label", "prior_label")})
-        row.update({f"prob_{i}": r[f"prob_{name}"] for i, name in enumerate(names)})
-        if f"prior_prob_{names[0]}" in r:  # since the prior's probabilities; and the samples' agreement
-            row.update({f"prior_prob_{i}": r[f"prior_prob_{name}"] for i, name in enumerate(names)})
+        for prefix in CLASS_PREFIXES:  # the prior's since its probabilities, the label mean's since the ranking
+            if f"{prefix}{names[0]}" in r:
+                row.update({f"{prefix}{i}": r[f"{prefix}{name}"] for i, name in enumerate(names)})
+        if "prior_prob_0" in row:  # recorded with the prior's probabilities
             row["vote_agreement"] = r["vote_agreement"]
-        if f"label_mean_{names[0]}" in r:  # since the ranking scores
-            row.update({f"label_mean_{i}": r[f"label_mean_{name}"] for i, name in enumerate(names)})
         out.append(row)
     return out
 
 
 def prediction_rows(runs: Sequence[tuple[Path, dict[str, str]]]) -> tuple[list[dict[str, str]], list[str]]:
-    """The per-image rows of every evaluation of every run.
-
-    Args:
-        runs: ``run_dirs`` pairs.
-
-    Returns:
-        the rows, deduplicated by run, evaluation and image id (the last one wins) and sorted, and the columns:
-        ``PREDICTION_FIELDS`` then ``prob_0``... up to the largest class count (blank for datasets with fewer).
-    """
+    """The per-image rows of every evaluation of the ``run_dirs``, deduplicated by run, evaluation and image id
+    (the last one wins) and sorted, and their columns: ``PREDICTION_FIELDS``, then ``prob_0``... up to the
+    largest class count (blank for datasets with fewer), and the prior's and the label mean's where recorded."""
     merged: dict[tuple[str, ...], dict[str, str]] = {}
     for run_dir, run in runs:
         for eval_dir in sorted(run_dir.iterdir()):
@@ -157,11 +124,10 @@ def prediction_rows(runs: Sequence[tuple[Path, dict[str, str]]]) -> tuple[list[d
             for row in evaluation_predictions(eval_dir / "predictions.csv", run, match.groupdict()):
                 merged[tuple(row[k] for k in PREDICTION_FIELDS[:8])] = row
     classes = max((sum(k.startswith("prob_") for k in r) for r in merged.values()), default=0)
-    fields = PREDICTION_FIELDS + [f"prob_{i}" for i in range(classes)]
-    if any("prior_prob_0" in r for r in merged.values()):  # evaluations before the prior's probabilities: none
-        fields += [f"prior_prob_{i}" for i in range(classes)] + ["vote_agreement"]
-    if any("label_mean_0" in r for r in merged.values()):
-        fields += [f"label_mean_{i}" for i in range(classes)]
+    fields = list(PREDICTION_FIELDS)
+    for prefix in CLASS_PREFIXES:  # none where every evaluation predates them
+        if any(f"{prefix}0" in r for r in merged.values()):
+            fields += [f"{prefix}{i}" for i in range(classes)] + (["vote_agreement"] if prefix == "prior_prob_" else [])
     order = PREDICTION_FIELDS[:7]
     return sorted(merged.values(), key=lambda r: (sort_key(r, order), image_number(r["id"]))), fields
 
@@ -173,14 +139,8 @@ def image_number(image_id: str) -> tuple[int, str]:
 
 
 def event_scalars(path: Path) -> list[tuple[str, int, float, float]]:
-    """The scalars of one TensorBoard event file.
-
-    Args:
-        path: an ``events.out.tfevents.*`` file.
-
-    Returns:
-        (tag, step, wall time, value) of every scalar event, none dropped (no reservoir sampling).
-    """
+    """(tag, step, wall time, value) of every scalar event of an ``events.out.tfevents.*`` file, none dropped (no
+    reservoir sampling)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0})
@@ -193,13 +153,8 @@ def curve_rows(runs: Sequence[tuple[Path, dict[str, str]]]) -> list[dict[str, st
 
     Tags are kept as the bundle's ``TensorBoardStatsHandler`` writes them: ``accuracy``, ``auc``, ``macro_f1``...
     of the denoised prediction and ``prior_accuracy``... of the fused DCG prior, at the trainer's epoch. The
-    trainer's per-iteration tags (``ITERATION_TAG_PREFIXES``) are left out.
-
-    Args:
-        runs: ``run_dirs`` pairs.
-
-    Returns:
-        rows of ``CURVE_FIELDS``, one per run, tag and epoch (a resumed run's latest value of an epoch), sorted.
+    trainer's per-iteration tags (``ITERATION_TAG_PREFIXES``) are left out. Rows of ``CURVE_FIELDS``, one per
+    run, tag and epoch (a resumed run's latest value of an epoch), sorted.
     """
     latest: dict[tuple[str, ...], tuple[float, dict[str, str]]] = {}
     for run_dir, run in runs:
@@ -216,37 +171,23 @@ def curve_rows(runs: Sequence[tuple[Path, dict[str, str]]]) -> list[dict[str, st
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, str]], fields: Sequence[str]) -> None:
-    """Writes the rows to ``<path>.partial`` and renames it to ``path``: readers never see half a file.
+    """Writes the rows (a column a row lacks left blank) whole: readers never see half a file."""
 
-    Args:
-        path: the CSV file.
-        rows: dictionaries; a column a row lacks is left blank.
-        fields: the columns, in order.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    opener = gzip.open if path.suffix == ".gz" else open  # the per-image rows are compressed: a large table
-    with opener(partial, "wt", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(fields), restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(partial, "rb") as f:
-        os.fsync(f.fileno())
-    partial.replace(path)
+    def write(partial: Path) -> None:
+        opener = gzip.open if path.suffix == ".gz" else open  # the per-image rows are compressed: a large table
+        with opener(partial, "wt", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(fields), restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        with open(partial, "rb") as f:
+            os.fsync(f.fileno())
+
+    write_whole(path, write)
 
 
 def collect(folders: Sequence[Path], name: str, results: Path, commit: str | None = None) -> dict[str, Path]:
-    """Writes the three CSVs of the folders.
-
-    Args:
-        folders: train_evaluate.py output folders.
-        name: the files' stem, e.g. ``ablation_h200``.
-        results: the folder the CSVs go to.
-        commit: replaces the metric rows' ``commit`` column where given.
-
-    Returns:
-        the paths written, by kind (``metrics``, ``predictions``, ``curves``).
-    """
+    """Writes the three CSVs of train_evaluate.py output folders, ``<results>/<name>...``; returns their paths by
+    kind (``metrics``, ``predictions``, ``curves``)."""
     runs = run_dirs(folders)
     metrics = metric_rows(folders, commit)
     predictions, prediction_fields = prediction_rows(runs)

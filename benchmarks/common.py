@@ -6,13 +6,14 @@ benchmarks/ is not a package: each script puts this folder on ``sys.path`` befor
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import io
 import json
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +86,22 @@ def append_row(path: Path, row: dict[str, Any], columns: Sequence[str], lineterm
     return {c: str(row.get(c, "")) for c in columns}
 
 
+def write_whole(path: Path, write: Callable[[Path], None]) -> None:
+    """Creates ``path`` through ``write(<path>.partial)`` and a rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    write(partial)
+    partial.replace(path)
+
+
 def number(value: float) -> str:
     """A float as the CSVs hold it: six significant digits."""
     return f"{value:.6g}"
+
+
+def as_stored(row: dict[str, Any]) -> dict[str, str]:
+    """A row as the CSV reads it back: floats at six significant digits, everything else as text."""
+    return {c: number(v) if isinstance(v, float) else str(v) for c, v in row.items()}
 
 
 # ---------------------------------------------------------------- the stamp of a row
@@ -126,7 +140,33 @@ def device_name(device: Any = None) -> str:
     return f"{model} ({cores} cores)"
 
 
-# ---------------------------------------------------------------- config overrides and named settings
+def row_stamp() -> dict[str, str]:
+    """The ``commit`` and ``device`` columns of a row: the code and the machine that measured it."""
+    return {"commit": git_commit()[0], "device": device_name()}
+
+
+# ---------------------------------------------------------------- the bundle's configs, overrides and named settings
+
+
+def recipe_configs(dataset: str, recipe: str) -> list[str]:
+    """The training configs of a recipe on a dataset, relative to the bundle folder: train.yaml (the paper's
+    recipe), the dataset's overlay, and small.yaml for the small recipe."""
+    return [
+        "configs/train.yaml",
+        f"configs/data/{dataset}.yaml",
+        *(["configs/small.yaml"] if recipe == "small" else []),
+    ]
+
+
+@contextlib.contextmanager
+def in_bundle_folder() -> Iterator[None]:
+    """Configs and ``scripts`` resolve from the bundle folder, as on the command line; the caller's folder after."""
+    cwd = os.getcwd()
+    os.chdir(BUNDLE)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "bundle"), str(Path(__file__).resolve().parent)]
-from common import RESULTS, append_row, device_name, git_commit, number, parse_override, recorded_keys  # noqa: E402
+from common import RESULTS, append_row, as_stored, parse_override, recorded_keys, row_stamp  # noqa: E402
 from sampling_steps import Run, backbone_outputs, load_parser, sample_probabilities  # noqa: E402
 
 SPLITS = ("validation", "test")
@@ -99,12 +99,11 @@ def measure_run(run: Run, overrides: dict, device: torch.device, stamp: dict) ->
         prior = outputs[split]["prior"].argmax(1).cpu()
         for measure, p in probs.items():
             p = p.cpu()
-            row = dict(dataset=run.dataset, recipe=run.recipe, variant=run.variant, setting=run.setting)
-            row.update(seed=run.seed, run=run.name, split=split, images=len(labels), measure=measure, **stamp)
+            row = dict(run.columns(), split=split, images=len(labels), measure=measure, **stamp)
             row.update(accuracy=metrics.accuracy(p, labels), auc=metrics.macro_auc(p, labels))
             row["changed_vs_denoised"] = float((p.argmax(1) != denoised).float().mean())
             row["changed_vs_prior"] = float((p.argmax(1) != prior).float().mean())
-            rows.append({c: (number(v) if isinstance(v, float) else str(v)) for c, v in row.items()})
+            rows.append(as_stored(row))
     return rows
 
 
@@ -118,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     )
     args = parser.parse_args(argv)
     overrides = dict(parse_override(text) for text in args.set)
-    stamp, written = {"commit": git_commit()[0], "device": device_name()}, []
+    stamp, written = row_stamp(), []
     done = {run for (run,) in recorded_keys(args.out, ("run",))}
     for path in args.runs:
         run = Run(path.resolve())

@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "bundle"), str(Path(__file__).resolve().parent)]
-from common import BUNDLE, RESULTS, append_row, device_name, git_commit, number, recorded_rows  # noqa: E402 - beside it
+from common import BUNDLE, RESULTS, append_row, as_stored, device_name, git_commit, recorded_rows  # noqa: E402 - beside it
 
 COLUMNS = ["date", "commit", "dirty", "device", "threads", "format", "width", "height", "size", "pipeline"]
 COLUMNS += ["images", "seconds_per_image", "images_per_s", "speedup_to_old", "mean_abs_diff", "max_abs_diff"]
@@ -85,8 +85,7 @@ def pil_pipeline(size: int) -> Callable[[str], torch.Tensor]:
 
 def append_stored(path: Path, row: dict) -> dict[str, str]:
     """Writes one row with floats at six significant digits; returns it as stored."""
-    stored = {c: number(row[c]) if isinstance(row[c], float) else str(row[c]) for c in COLUMNS}
-    return append_row(path, stored, COLUMNS, lineterminator="\n")
+    return append_row(path, as_stored({c: row[c] for c in COLUMNS}), COLUMNS, lineterminator="\n")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

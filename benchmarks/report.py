@@ -1,12 +1,13 @@
 """Rebuilds the tables and figures of the results pages from the CSVs in benchmarks/results/.
 
 ``MAP`` below says, for each section of each page (``bundle/docs/benchmarks.md``, one section per question;
-``benchmarks_history.md``, the log of the sessions and their superseded tables; the bundle's ``README.md``),
-which tables and figures it holds and which CSVs each is built from. The prose is written by hand; each table
-sits between ``<!-- table:NAME -->`` and ``<!-- end -->`` markers under its section's ``## `` heading and is
-regenerated here with a provenance line (machine, date, code, command: from the CSVs' ``device``, ``date`` and
-``commit`` columns, else from ``SOURCES``), so no number is typed by hand (the published MedMNIST v2 results
-and the targets are constants below, with their source). Running it twice changes nothing:
+``benchmarks_history.md``, the log of the sessions, whose superseded tables are frozen copies; the bundle's
+``README.md``), which tables and figures it holds and which CSVs each is built from. The prose is written by
+hand; each table sits between ``<!-- table:NAME -->`` and ``<!-- end -->`` markers under its section's ``## ``
+heading and is regenerated here with a provenance line (machine, date, code, command: from the CSVs'
+``device``, ``date`` and ``commit`` columns, else from ``SOURCES``), so no number is typed by hand (the
+published MedMNIST v2 results and the targets are constants below, with their source).
+Running it twice changes nothing:
 
     python benchmarks/report.py
     python benchmarks/report.py --docs /tmp/docs   # pages read and written there, figures in /tmp/docs/images
@@ -27,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, read_rows  # noqa: E402 - beside this script
+from common import REPO, RESULTS, read_rows, write_whole  # noqa: E402 - beside this script
 
 DOCS = REPO / "bundle" / "docs"
 HISTORY = "benchmarks_history.md"
@@ -80,24 +81,29 @@ PAPER_DATASETS = [
 PAPER_ROWS = {"ham10000": (0.906, 0.816), "aptos2019": (0.858, 0.716)}
 
 
-class AblationRow(NamedTuple):
-    """One row of the ablation table: which runs, which prediction (``denoised`` or the fused ``prior``)."""
+class ModelRow(NamedTuple):
+    """One model row of a table: which runs, the S of their evaluation (basic and the prior do not depend on it),
+    which prediction (``denoised`` or the fused ``prior``), and the runs' setting where the table mixes them."""
 
     label: str
     variant: str
-    samples: str  # the evaluation's num_samples; basic and the prior do not depend on it
+    samples: str
     prediction: str
+    setting: str = "default"
+
+    def samples_cell(self) -> str:
+        return "-" if self.prediction == "prior" or self.variant == "basic" else self.samples
 
 
 ABLATION_ROWS = [
-    AblationRow("basic (ResNet-18)", "basic", "10", "denoised"),
-    AblationRow("DCG prior (fused, of full)", "full", "10", "prior"),
-    AblationRow("C1", "C1", "1", "denoised"),
-    AblationRow("C1", "C1", "10", "denoised"),
-    AblationRow("C2", "C2", "1", "denoised"),
-    AblationRow("C2", "C2", "10", "denoised"),
-    AblationRow("full", "full", "1", "denoised"),
-    AblationRow("full", "full", "10", "denoised"),
+    ModelRow("basic (ResNet-18)", "basic", "10", "denoised"),
+    ModelRow("DCG prior (fused, of full)", "full", "10", "prior"),
+    ModelRow("C1", "C1", "1", "denoised"),
+    ModelRow("C1", "C1", "10", "denoised"),
+    ModelRow("C2", "C2", "1", "denoised"),
+    ModelRow("C2", "C2", "10", "denoised"),
+    ModelRow("full", "full", "1", "denoised"),
+    ModelRow("full", "full", "10", "denoised"),
 ]
 
 
@@ -115,6 +121,8 @@ class Evaluation(NamedTuple):
 
 
 EvaluationKey = tuple[str, str, str, str, str, str]  # dataset, setting, variant, seed, num_samples, split
+Runs = dict[EvaluationKey, Evaluation]
+Rows = list[dict[str, str]]  # of a CSV
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -132,17 +140,13 @@ def rate(row: dict[str, str]) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:#.3g}"
 
 
-def speed_table(rows: list[dict[str, str]]) -> str:
+def speed_table(rows: Rows) -> str:
     """Images per second and the ratio to ``basic`` of every inference and training measurement."""
     wanted = ["infer_dcg", "infer_full_s1", "infer_full_s10", "train_full"]
     out = []
     settings = sorted({(r["recipe"], int(r["image_size"]), int(r["width"])) for r in rows}, key=lambda s: (s[1], s[2]))
     for recipe, size, width in settings:
-        by = {
-            r["measurement"]: r
-            for r in rows
-            if (r["recipe"], int(r["image_size"]), int(r["width"])) == (recipe, size, width)
-        }
+        by = {r["measurement"]: r for r in select(rows, recipe=recipe, image_size=str(size), width=str(width))}
         cells = [f"{size}", f"{width} ({recipe})", rate(by["infer_basic"])]
         cells += [f"{rate(by[m])} ({float(by[m]['ratio_to_basic']):.2f}x)" for m in wanted]
         cells += [rate(by["train_basic"])]
@@ -155,24 +159,21 @@ def speed_table(rows: list[dict[str, str]]) -> str:
     return markdown(header, out)
 
 
-def evaluation_table(rows: list[dict[str, str]], setting: str = "default") -> str:
+def evaluation_table(rows: Rows, setting: str = "default") -> str:
     """Test-split metrics of the denoised prediction and of the fused DCG prior, per evaluation of a setting."""
-    out = []
-    for r in rows:
-        if r.get("split", "test") != "test" or r.get("setting", "default") != setting:  # older files: test only
-            continue
-        out.append(
-            [r["dataset"], r["recipe"], r["epochs"], r["num_samples"]]
-            + [f"{f3(r[k])}" for k in ("accuracy", "macro_f1", "auc", "kappa", "ece", "entropy_error_auroc")]
-            + [f"{f3(r[k])}" for k in ("prior_accuracy", "prior_macro_f1", "prior_auc", "prior_kappa")]
-            + [r["train_seconds"]]
-        )
+    metrics = ("accuracy", "macro_f1", "auc", "kappa", "ece", "entropy_error_auroc")
+    metrics += ("prior_accuracy", "prior_macro_f1", "prior_auc", "prior_kappa")
+    out = [
+        [r["dataset"], r["recipe"], r["epochs"], r["num_samples"], *(f3(r[k]) for k in metrics), r["train_seconds"]]
+        for r in rows
+        if r.get("split", "test") == "test" and r.get("setting", "default") == setting  # older files: test only
+    ]
     header = ["dataset", "recipe", "epochs", "S", "ACC", "macro-F1", "AUC", "kappa", "ECE", "error AUROC (entropy)"]
     header += ["prior ACC", "prior F1", "prior AUC", "prior kappa", "training s"]
     return markdown(header, out)
 
 
-def select(rows: Sequence[dict[str, str]], **fields: str) -> list[dict[str, str]]:
+def select(rows: Rows, **fields: str) -> Rows:
     """The rows whose columns equal every given value."""
     return [r for r in rows if all(r.get(k) == v for k, v in fields.items())]
 
@@ -186,39 +187,50 @@ def mean_sd(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def evaluations(rows: Sequence[dict[str, str]]) -> dict[EvaluationKey, Evaluation]:
-    """The rows of a ``collect.py`` predictions CSV grouped by evaluation.
+def means(rows: Rows, columns: Sequence[str]) -> list[str]:
+    """:func:`mean_sd` of each column over the rows (one per seed)."""
+    return [mean_sd([float(r[c]) for r in rows]) for c in columns]
 
-    Args:
-        rows: rows with dataset, setting, variant, seed, num_samples, split, id, the labels as class indices and
-            ``prob_0``... (blank past the dataset's class count).
 
-    Returns:
-        one ``Evaluation`` per (dataset, setting, variant, seed, num_samples, split), images sorted by id.
-    """
-    grouped: dict[EvaluationKey, list[dict[str, str]]] = {}
+def display(dataset: str) -> str:
+    return DISPLAY_NAMES.get(dataset, dataset)
+
+
+def p_cell(p_value: float | None) -> str:
+    return "-" if p_value is None else f"{p_value:.3g}"
+
+
+def evaluations(rows: Rows) -> dict[EvaluationKey, Evaluation]:
+    """The rows of a ``collect.py`` predictions CSV as one ``Evaluation`` per (dataset, setting, variant, seed,
+    num_samples, split)."""
+    grouped: dict[EvaluationKey, Rows] = {}
     for r in rows:
         key = (r["dataset"], r["setting"], r["variant"], r["seed"], r["num_samples"], r["split"])
         grouped.setdefault(key, []).append(r)
-    out = {}
-    for key, group in grouped.items():
-        group = sorted(group, key=lambda r: r["id"])
-        classes = [k for k in group[0] if k.startswith("prob_") and group[0][k] != ""]
-        out[key] = Evaluation(
-            ids=[r["id"] for r in group],
-            true=np.array([int(r["true_label"]) for r in group]),
-            predicted=np.array([int(r["predicted_label"]) for r in group]),
-            prior=np.array([int(r["prior_label"]) for r in group]),
-            probs=np.array([[float(r[c]) for c in classes] for r in group]),
-        )
-        if group[0].get("prior_prob_0"):
-            prior_probs = [[float(r["prior_" + c]) for c in classes] for r in group]
-            agreement = [float(r["vote_agreement"]) for r in group]
-            out[key] = out[key]._replace(prior_probs=np.array(prior_probs), agreement=np.array(agreement))
-        if group[0].get("label_mean_0"):
-            label_mean = [[float(r["label_mean_" + c.removeprefix("prob_")]) for c in classes] for r in group]
-            out[key] = out[key]._replace(label_mean=np.array(label_mean))
-    return out
+    return {key: evaluation(sorted(group, key=lambda r: r["id"])) for key, group in grouped.items()}
+
+
+def evaluation(rows: Rows) -> Evaluation:
+    """One evaluation's rows (labels as class indices, ``prob_0``... blank past the dataset's class count)."""
+    classes = [k.removeprefix("prob_") for k in rows[0] if k.startswith("prob_") and rows[0][k] != ""]
+
+    def column(name: str) -> np.ndarray:
+        return np.array([float(r[name]) for r in rows])
+
+    def matrix(prefix: str) -> np.ndarray | None:
+        """Images x classes of the ``<prefix><class>`` columns; None where the evaluation predates them."""
+        return np.array([[float(r[prefix + c]) for c in classes] for r in rows]) if rows[0].get(prefix + "0") else None
+
+    return Evaluation(
+        ids=[r["id"] for r in rows],
+        true=column("true_label").astype(int),
+        predicted=column("predicted_label").astype(int),
+        prior=column("prior_label").astype(int),
+        probs=matrix("prob_"),
+        prior_probs=matrix("prior_prob_"),  # evaluations since 2026-12-01, with the samples' agreement
+        agreement=column("vote_agreement") if rows[0].get("prior_prob_0") else None,
+        label_mean=matrix("label_mean_"),
+    )
 
 
 def weighted_auc(counts: np.ndarray, positive: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -226,14 +238,8 @@ def weighted_auc(counts: np.ndarray, positive: np.ndarray, scores: np.ndarray) -
 
     A resample is the original images weighted by how often it drew each, so one sort of the scores serves all
     resamples: the AUC is the weighted share of (positive, negative) pairs the scores order correctly.
-
-    Args:
-        counts: resamples x images, how often each resample drew each image (all ones: the images themselves).
-        positive: per image, True for the positive class.
-        scores: per image, the positive class's score.
-
-    Returns:
-        one AUC per resample; NaN where a resample has no positive or no negative image.
+    ``counts``: resamples x images, how often each resample drew each image (all ones: the images themselves);
+    ``positive``, ``scores``: per image. NaN where a resample has no positive or no negative image.
     """
     order = np.argsort(scores, kind="stable")
     ordered = scores[order]
@@ -250,24 +256,17 @@ def macro_auc(counts: np.ndarray, true: np.ndarray, probs: np.ndarray) -> np.nda
     """AUC of each resample: of class 1 for two classes, else the unweighted mean of the one-vs-rest AUCs.
 
     This is sklearn's ``roc_auc_score(true, probs[:, 1])`` and ``roc_auc_score(true, probs, multi_class="ovr",
-    average="macro")``, for many resamples at once (a test checks both against sklearn).
-
-    Args:
-        counts: resamples x images, how often each resample drew each image.
-        true: per image, its class index.
-        probs: images x classes.
-
-    Returns:
-        one AUC per resample; NaN where a resample lacks a class.
+    average="macro")``, for many resamples at once (a test checks both against sklearn); ``probs``: images x
+    classes. NaN where a resample lacks a class.
     """
     classes = [1] if probs.shape[1] == 2 else range(probs.shape[1])
     return np.mean([weighted_auc(counts, true == c, probs[:, c]) for c in classes], axis=0)
 
 
-def percentile_interval(values: np.ndarray) -> str:
+def percentile_bounds(values: np.ndarray) -> tuple[float, float]:
     """The 95 % percentile interval of bootstrap values, NaN resamples (a class missing) left out."""
     low, high = np.nanpercentile(values, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])
-    return f"[{low:.3f}, {high:.3f}]"
+    return float(low), float(high)
 
 
 def bootstrap_counts(images: int) -> np.ndarray:
@@ -276,31 +275,30 @@ def bootstrap_counts(images: int) -> np.ndarray:
     return np.stack([np.bincount(d, minlength=images) for d in draws])
 
 
-def bootstrap_intervals(true: np.ndarray, predicted: np.ndarray, probs: np.ndarray | None) -> tuple[str, str]:
-    """95 % bootstrap intervals of accuracy and AUC over the images (the same resamples for both).
+Bounds = tuple[float, float] | None  # a 95 % interval; None: not computed (an AUC without probabilities)
 
-    Args:
-        true: class index of each image.
-        predicted: predicted class index of each image.
-        probs: images x classes, or None where only labels exist (then no AUC interval).
 
-    Returns:
-        the ACC and AUC intervals as ``[low, high]`` (``-`` for the AUC without probabilities).
-    """
+def bootstrap_bounds(true: np.ndarray, predicted: np.ndarray, probs: np.ndarray | None) -> tuple[Bounds, Bounds]:
+    """95 % bootstrap intervals of accuracy and AUC over the images (the same resamples for both); no AUC
+    interval where ``probs`` (images x classes) is None, as where only labels exist."""
     counts = bootstrap_counts(len(true))
-    accuracy = percentile_interval(counts @ (true == predicted) / len(true))
-    return accuracy, "-" if probs is None else percentile_interval(macro_auc(counts, true, probs))
+    accuracy = percentile_bounds(counts @ (true == predicted) / len(true))
+    return accuracy, None if probs is None else percentile_bounds(macro_auc(counts, true, probs))
+
+
+def interval(bounds: Bounds) -> str:
+    return "-" if bounds is None else f"[{bounds[0]:.3f}, {bounds[1]:.3f}]"
+
+
+def bootstrap_intervals(true: np.ndarray, predicted: np.ndarray, probs: np.ndarray | None) -> tuple[str, str]:
+    """:func:`bootstrap_bounds` as ``[low, high]`` cells (``-`` for the AUC without probabilities)."""
+    accuracy, auc = bootstrap_bounds(true, predicted, probs)
+    return interval(accuracy), interval(auc)
 
 
 def mcnemar_p(correct: np.ndarray, reference_correct: np.ndarray) -> float:
-    """Exact McNemar test: two-sided binomial test (p = 0.5) on the images exactly one of the two gets right.
-
-    Args:
-        correct, reference_correct: per image (same order), whether each classifier is right.
-
-    Returns:
-        the p-value (1 when no image is discordant).
-    """
+    """Exact McNemar test: two-sided binomial test (p = 0.5) on the images exactly one of the two classifiers
+    gets right (per image, same order); 1 when no image is discordant."""
     from scipy.stats import binomtest
 
     only_this = int(np.sum(correct & ~reference_correct))
@@ -313,22 +311,18 @@ def labels_of(evaluation: Evaluation, prediction: str) -> np.ndarray:
     return evaluation.prior if prediction == "prior" else evaluation.predicted
 
 
-def paired_p(
-    runs: dict[EvaluationKey, Evaluation],
-    dataset: str,
-    row: AblationRow,
-    seed: str,
-    split: str = "test",
-    setting: str = "default",
-    basic_setting: str | None = None,
-) -> float | None:
-    """McNemar p-value of one ablation row against ``basic`` of the same seed, or None when a run is missing.
+def prediction_intervals(evaluation: Evaluation, prediction: str) -> tuple[str, str]:
+    """Bootstrap ACC and AUC intervals of the denoised prediction, or the ACC interval alone of the fused prior."""
+    probs = None if prediction == "prior" else evaluation.probs
+    return bootstrap_intervals(evaluation.true, labels_of(evaluation, prediction), probs)
 
-    ``basic`` is read from ``basic_setting`` (default: ``setting``): a setting of the diffusion alone (y0, EMA)
-    leaves ``basic`` unchanged, so the ablation of such a setting pairs its rows with the default ``basic``.
-    """
-    this = runs.get((dataset, setting, row.variant, seed, row.samples, split))
-    basic = runs.get((dataset, basic_setting or setting, "basic", seed, "10", split))
+
+def paired_p(runs: Runs, dataset: str, setting: str, row: ModelRow, seed: str, basic_setting: str) -> float | None:
+    """McNemar p-value on the test split of one ablation row against ``basic`` of the same seed and of
+    ``basic_setting`` (a setting of the diffusion alone, y0 or EMA, leaves ``basic`` unchanged, so its rows pair
+    with the default ``basic``), or None when a run is missing."""
+    this = runs.get((dataset, setting, row.variant, seed, row.samples, "test"))
+    basic = runs.get((dataset, basic_setting, "basic", seed, "10", "test"))
     if this is None or basic is None:
         return None
     if this.ids != basic.ids:
@@ -342,13 +336,7 @@ def metric_columns(prediction: str) -> tuple[str, str, str]:
     return f"{prefix}accuracy", f"{prefix}macro_f1", f"{prefix}auc"
 
 
-def ablation_cells(
-    metrics: Sequence[dict[str, str]],
-    runs: dict[EvaluationKey, Evaluation],
-    dataset: str,
-    row: AblationRow,
-    setting: str = "default",
-) -> list[str]:
+def ablation_cells(metrics: Rows, runs: Runs, dataset: str, row: ModelRow, setting: str = "default") -> list[str]:
     """The cells of one ablation row: test-split means over seeds, seed-0 intervals, McNemar against basic.
 
     The diffusion rows are read from ``setting``, ``basic`` from ``default``: meant for settings of the diffusion
@@ -358,23 +346,21 @@ def ablation_cells(
     tests = select(metrics, dataset=dataset, setting=setting, variant=row.variant, split="test")
     tests = sorted(select(tests, num_samples=row.samples), key=lambda r: int(r["seed"]))
     seeds = [r["seed"] for r in tests]
-    cells = [DATASETS[dataset], row.label, "-" if row.prediction == "prior" or row.variant == "basic" else row.samples]
-    cells += [str(len(seeds))] + [mean_sd([float(r[c]) for r in tests]) for c in metric_columns(row.prediction)]
+    cells = [DATASETS[dataset], row.label, row.samples_cell(), str(len(seeds))]
+    cells += means(tests, metric_columns(row.prediction))
     first = runs.get((dataset, setting, row.variant, "0", row.samples, "test"))
     if first is None:
         return cells + ["-"] * 4
-    probs = None if row.prediction == "prior" else first.probs
-    cells += list(bootstrap_intervals(first.true, labels_of(first, row.prediction), probs))
+    cells += prediction_intervals(first, row.prediction)
     if row.variant == "basic":
         return cells + ["-", "-"]
-    first_p = paired_p(runs, dataset, row, "0", setting=setting, basic_setting="default")
-    cells.append("-" if first_p is None else f"{first_p:.3g}")
-    p_values = [paired_p(runs, dataset, row, s, setting=setting, basic_setting="default") for s in seeds]
+    p_values = [paired_p(runs, dataset, setting, row, s, "default") for s in seeds]
+    cells.append(p_cell(paired_p(runs, dataset, setting, row, "0", "default")))
     significant = sum(p is not None and p < ALPHA for p in p_values)
     return cells + [f"{significant} of {len(p_values)}" if len(p_values) > 1 else "-"]
 
 
-def ablation_table(metrics: list[dict[str, str]], predictions: list[dict[str, str]], setting: str = "default") -> str:
+def ablation_table(metrics: Rows, predictions: Rows, setting: str = "default") -> str:
     """Test-split ablation of the small recipe on each dataset: means over seeds, intervals, paired tests."""
     runs = evaluations(predictions)
     rows = [ablation_cells(metrics, runs, d, r, setting) for d in DATASETS for r in ABLATION_ROWS]
@@ -383,9 +369,7 @@ def ablation_table(metrics: list[dict[str, str]], predictions: list[dict[str, st
     return markdown(header, rows)
 
 
-def seed_means(
-    metrics: Sequence[dict[str, str]], dataset: str, variant: str, setting: str = "default"
-) -> tuple[float, float] | None:
+def seed_means(metrics: Rows, dataset: str, variant: str, setting: str = "default") -> tuple[float, float] | None:
     """Mean test AUC and ACC over the seeds of a variant and setting evaluated with 10 samples."""
     tests = select(metrics, dataset=dataset, setting=setting, variant=variant, split="test", num_samples="10")
     if not tests:
@@ -401,7 +385,7 @@ def target_verdict(dataset: str, auc: float, accuracy: float) -> str:
     return "yes" if not misses else "no: " + ", ".join(misses)
 
 
-def published_table(metrics: list[dict[str, str]]) -> str:
+def published_table(metrics: Rows) -> str:
     """MedMNIST v2's published test results next to this bundle's basic and full (S=10) means over seeds."""
     rows = []
     for dataset, name in DATASETS.items():
@@ -420,30 +404,31 @@ def published_table(metrics: list[dict[str, str]]) -> str:
     return markdown(header, rows) + f"\n\nTargets: {targets}."
 
 
-# the README's headline rows: (label, variant, setting, num_samples, prediction), test means over seeds
+# the README's headline rows: test means over seeds
 HEADLINE_ROWS = [
-    ("`basic` (ResNet-18, this bundle)", "basic", "default", "10", "denoised"),
-    ("DCG prior of `full` (y0)", "full", "y0", "10", "prior"),
-    ("`full` (y0), S = 1", "full", "y0", "1", "denoised"),
-    ("`full` (y0), S = 10", "full", "y0", "10", "denoised"),
-    ("`full` (noise target), S = 10", "full", "default", "10", "denoised"),
+    ModelRow("`basic` (ResNet-18, this bundle)", "basic", "10", "denoised"),
+    ModelRow("DCG prior of `full` (y0)", "full", "10", "prior", "y0"),
+    ModelRow("`full` (y0), S = 1", "full", "1", "denoised", "y0"),
+    ModelRow("`full` (y0), S = 10", "full", "10", "denoised", "y0"),
+    ModelRow("`full` (noise target), S = 10", "full", "10", "denoised"),
 ]
 
 
-def headline_table(metrics: list[dict[str, str]]) -> str:
+def headline_table(metrics: Rows) -> str:
     """The README's ablation rows (test, mean ± sd over seeds) beside MedMNIST v2's ResNet-18 (28)."""
     rows = []
     for dataset, name in DATASETS.items():
-        for label, variant, setting, samples, prediction in HEADLINE_ROWS:
-            tests = select(metrics, dataset=dataset, setting=setting, variant=variant, split="test")
-            tests = select(tests, num_samples=samples)
-            rows.append([name, label] + [mean_sd([float(r[c]) for r in tests]) for c in metric_columns(prediction)])
+        for row in HEADLINE_ROWS:
+            tests = select(metrics, dataset=dataset, setting=row.setting, variant=row.variant, split="test")
+            rows.append(
+                [name, row.label, *means(select(tests, num_samples=row.samples), metric_columns(row.prediction))]
+            )
         method, auc, accuracy = PUBLISHED[dataset][0]
         rows.append([name, f"{method}, MedMNIST v2", f"{accuracy:.3f}", "-", f"{auc:.3f}"])
     return markdown(["dataset", "model", "ACC", "macro-F1", "AUC"], rows)
 
 
-def small_recipe_table(metrics: list[dict[str, str]], predictions: list[dict[str, str]]) -> str:
+def small_recipe_table(metrics: Rows, predictions: Rows) -> str:
     """The README's one training per dataset (seed 0, S = 1): denoised, prior and majority-class baseline."""
     runs, rows = evaluations(predictions), []
     for dataset, name in DATASETS.items():
@@ -453,23 +438,15 @@ def small_recipe_table(metrics: list[dict[str, str]], predictions: list[dict[str
             share = np.bincount(run.true).max() / len(run.true)
             majority = f"{share:.3f} / {2 * share / (1 + share) / run.probs.shape[1]:.3f}"  # F1 0 for the others
             minutes, seconds = divmod(int(found["train_seconds"]), 60)
-            rows.append(
-                [name, f"{split} ({len(run.ids)})"]
-                + [triple(found, ("accuracy", "macro_f1", "kappa"))]
-                + [triple(found, ("prior_accuracy", "prior_macro_f1", "prior_kappa")), majority]
-                + [f"{minutes} min {seconds} s" if split == "validation" else ""]
-            )
+            cells = [name, f"{split} ({len(run.ids)})", triple(found, ("accuracy", "macro_f1", "kappa"))]
+            cells += [triple(found, ("prior_accuracy", "prior_macro_f1", "prior_kappa")), majority]
+            rows.append(cells + [f"{minutes} min {seconds} s" if split == "validation" else ""])
     header = ["dataset", "split", "denoised ACC / macro-F1 / kappa", "prior ACC / macro-F1 / kappa"]
     return markdown(header + ["majority ACC / macro-F1", "training wall time"], rows)
 
 
 def paper_dataset_cells(
-    metrics: Sequence[dict[str, str]],
-    runs: dict[EvaluationKey, Evaluation],
-    curves: Sequence[dict[str, str]],
-    dataset: str,
-    setting: str,
-    basic_setting: str,
+    metrics: Rows, runs: Runs, curves: Rows, dataset: str, setting: str, basic_setting: str
 ) -> list[list[str]]:
     """Rows of one dataset and split: basic, the prior, full with S = 1 and 10, seed 0, test split.
 
@@ -488,23 +465,16 @@ def paper_dataset_cells(
             continue
         accuracy, f1, auc = metric_columns(row.prediction)
         kappa = "prior_kappa" if row.prediction == "prior" else "kappa"
-        probs = None if row.prediction == "prior" else evaluation.probs
-        interval = bootstrap_intervals(evaluation.true, labels_of(evaluation, row.prediction), probs)[0]
-        p_value = None if row.variant == "basic" else paired_p(runs, dataset, row, "0", "test", setting, basic_setting)
-        samples = "-" if row.prediction == "prior" or row.variant == "basic" else row.samples
-        out.append(
-            [row.label, samples, f3(found[accuracy]), interval, f3(found[f1]), f3(found[auc]), f3(found[kappa])]
-            + ["-" if p_value is None else f"{p_value:.3g}", found["epochs"]]
-            + [checkpoint_epoch(curves, dataset=dataset, setting=setting, variant=row.variant, seed="0")]
-            + [found["train_seconds"]]
-            + [str(len(evaluation.ids))]
-        )
+        interval = prediction_intervals(evaluation, row.prediction)[0]
+        p_value = None if row.variant == "basic" else paired_p(runs, dataset, setting, row, "0", basic_setting)
+        epoch = checkpoint_epoch(curves, dataset=dataset, setting=setting, variant=row.variant, seed="0")
+        cells = [row.label, row.samples_cell(), f3(found[accuracy]), interval, *map(f3, (found[f1], found[auc]))]
+        cells += [f3(found[kappa]), p_cell(p_value), found["epochs"], epoch, found["train_seconds"]]
+        out.append(cells + [str(len(evaluation.ids))])
     return out
 
 
-def paper_datasets_table(
-    metrics: list[dict[str, str]], predictions: list[dict[str, str]], curves: list[dict[str, str]]
-) -> str:
+def paper_datasets_table(metrics: Rows, predictions: Rows, curves: Rows) -> str:
     """HAM10000 and APTOS at CPU scale (seed 0, test split) with the paper's full-resolution row beside them."""
     runs = evaluations(predictions)
     rows = []
@@ -529,12 +499,12 @@ def key_metric(dataset: str) -> str:
     return "macro_f1"
 
 
-def curve(curves: Sequence[dict[str, str]], tag: str, **run: str) -> list[tuple[int, float]]:
+def curve(curves: Rows, tag: str, **run: str) -> list[tuple[int, float]]:
     """(epoch, value) of one tag of one run's training curves, by epoch."""
     return sorted((int(r["epoch"]), float(r["value"])) for r in select(curves, tag=tag, **run))
 
 
-def checkpoint_epoch(curves: Sequence[dict[str, str]], **run: str) -> str:
+def checkpoint_epoch(curves: Rows, **run: str) -> str:
     """The epoch of the evaluated checkpoint: the first best validation value of the dataset's key metric."""
     points = curve(curves, key_metric(run["dataset"]), **run)
     if not points:
@@ -548,19 +518,16 @@ def triple(row: dict[str, str] | None, columns: Sequence[str]) -> str:
     return "-" if row is None else " / ".join(f3(row[c]) for c in columns)
 
 
-def one(rows: Sequence[dict[str, str]], **fields: str) -> dict[str, str] | None:
+def one(rows: Rows, **fields: str) -> dict[str, str] | None:
     """The single row matching the fields, or None."""
     found = select(rows, **fields)
     return found[0] if found else None
 
 
-def study_cells(
-    metrics: Sequence[dict[str, str]],
-    curves: Sequence[dict[str, str]],
-    setting: str,
-    dataset: str,
-    with_device: bool = False,
-) -> list[str]:
+PRIOR_ACC_AUC = ("prior_accuracy", "prior_auc")
+
+
+def study_cells(metrics: Rows, curves: Rows, setting: str, dataset: str, with_device: bool = False) -> list[str]:
     """One row of the study table: validation metrics of a setting's seed-0 ``full`` run, test for information."""
     run = dict(dataset=dataset, setting=setting, variant="full", seed="0")
     rows = select(metrics, **run)
@@ -572,36 +539,16 @@ def study_cells(
         return [setting, DATASETS[dataset]] + ["-"] * with_device + ["-", "-", status] + ["-"] * 7
     overrides = " ".join(o for o in val10["overrides"].split() if not o.startswith("progress_bar=")) or "-"
     gaps = [float(r["accuracy"]) - float(r["prior_accuracy"]) for r in (val1, val10)]
-    return [
-        setting,
-        DATASETS[dataset],
-        *([val10["device"]] if with_device else []),
-        overrides,
-        checkpoint_epoch(curves, **run),
-        triple(val1, ("accuracy", "macro_f1", "auc")),
-        triple(val10, ("accuracy", "macro_f1", "auc")),
-        triple(val10, ("prior_accuracy", "prior_auc")),
-        " / ".join(f"{g:+.3f}" for g in gaps),
-        val10["train_seconds"],
-        triple(test10, ("accuracy", "auc")),
-        triple(test10, ("prior_accuracy", "prior_auc")),
-    ]
+    cells = [setting, DATASETS[dataset], *([val10["device"]] if with_device else []), overrides]
+    cells += [checkpoint_epoch(curves, **run), *(triple(r, ("accuracy", "macro_f1", "auc")) for r in (val1, val10))]
+    cells += [triple(val10, PRIOR_ACC_AUC), " / ".join(f"{g:+.3f}" for g in gaps)]
+    return cells + [val10["train_seconds"], triple(test10, ("accuracy", "auc")), triple(test10, PRIOR_ACC_AUC)]
 
 
-def study_table(
-    metrics: list[dict[str, str]],
-    curves: list[dict[str, str]],
-    settings: Sequence[str] | None = None,
-    with_device: bool = False,
-) -> str:
-    """The settings study on the validation split (seed 0, ``full``); settings without rows: not finished.
-
-    Args:
-        metrics: rows of ``collect.py`` metric CSVs.
-        curves: rows of its curves CSVs.
-        settings: the settings shown (None: every setting of the rows).
-        with_device: a column naming the device of each run (for rows of several sessions).
-    """
+def study_table(metrics: Rows, curves: Rows, settings: Sequence[str] | None = None, with_device: bool = False) -> str:
+    """The settings study on the validation split (seed 0, ``full``) from ``collect.py``'s metrics and curves;
+    settings without rows: not finished. ``settings``: those shown (None: all); ``with_device``: a column naming
+    each run's device (for rows of several sessions)."""
     found = {r["setting"] for r in select(curves, variant="full", seed="0")} | {
         r["setting"] for r in select(metrics, variant="full", seed="0")
     }
@@ -622,7 +569,7 @@ def study_table(
     return markdown(header, rows)
 
 
-def test_selection_table(rows: list[dict[str, str]]) -> str:
+def test_selection_table(rows: Rows) -> str:
     """The authors' checkpoint selection on the test split against the bundle's on validation
     (``test_selection.py``): the test accuracy each rule reports."""
     from test_selection import markdown, summarize  # beside this script
@@ -630,33 +577,34 @@ def test_selection_table(rows: list[dict[str, str]]) -> str:
     return markdown(summarize(rows))
 
 
-def diagnostics_table(rows: list[dict[str, str]]) -> str:
+# diagnostics.py's measures in column order, with their columns; a share of labels changed shows in %
+DIAGNOSTIC_COLUMNS = [
+    ("prior", ("accuracy", "auc")),
+    ("denoised", ("accuracy", "auc", "changed_vs_prior")),
+    ("prior_mean_chain", ("changed_vs_prior",)),
+    ("features_swapped", ("changed_vs_denoised",)),
+    ("uniform_prior", ("accuracy", "changed_vs_denoised")),
+    ("stacker_prior", ("accuracy", "auc")),
+    ("stacker_prior_features", ("accuracy", "auc")),
+]
+
+
+def diagnostics_table(rows: Rows) -> str:
     """What the denoiser adds to its prior (``diagnostics.py``): one row per run and split, S = 1."""
 
-    def cell(found: dict, measure: str, *columns: str) -> str:
-        row = found.get(measure)
-        return " / ".join(f3(row[c]) if not c.startswith("changed") else pct(row[c]) for c in columns) if row else "-"
-
-    def pct(text: str) -> str:
-        return f"{100 * float(text):.1f} %"
+    def cell(row: dict[str, str] | None, columns: Sequence[str]) -> str:
+        if row is None:
+            return "-"
+        return " / ".join(f"{100 * float(row[c]):.1f} %" if c.startswith("changed") else f3(row[c]) for c in columns)
 
     table = []
-    for run in sorted({(r["setting"], r["dataset"], r["seed"]) for r in rows}, key=lambda k: (k[0], k[1], k[2])):
+    for run in sorted({(r["setting"], r["dataset"], r["seed"]) for r in rows}):
         for split in ("validation", "test"):
             found = {r["measure"]: r for r in select(rows, setting=run[0], dataset=run[1], seed=run[2], split=split)}
             if not found:
                 continue
-            cells = [run[0], DISPLAY_NAMES.get(run[1], run[1]), run[2], split, found["denoised"]["images"]]
-            cells += [cell(found, "prior", "accuracy", "auc")]
-            cells += [cell(found, "denoised", "accuracy", "auc", "changed_vs_prior")]
-            cells += [cell(found, "prior_mean_chain", "changed_vs_prior")]
-            cells += [cell(found, "features_swapped", "changed_vs_denoised")]
-            cells += [cell(found, "uniform_prior", "accuracy", "changed_vs_denoised")]
-            cells += [
-                cell(found, "stacker_prior", "accuracy", "auc"),
-                cell(found, "stacker_prior_features", "accuracy", "auc"),
-            ]
-            table.append(cells)
+            cells = [run[0], display(run[1]), run[2], split, found["denoised"]["images"]]
+            table.append(cells + [cell(found.get(m), columns) for m, columns in DIAGNOSTIC_COLUMNS])
     header = ["setting", "dataset", "seed", "split", "images", "prior ACC / AUC"]
     header += ["denoised ACC / AUC / labels not the prior's", "chain from the prior mean: labels not the prior's"]
     header += ["rho(x) of another image: labels changed", "uniform prior: ACC / labels changed"]
@@ -664,7 +612,7 @@ def diagnostics_table(rows: list[dict[str, str]]) -> str:
     return markdown(header, table)
 
 
-def seeds_cells(metrics: Sequence[dict[str, str]], setting: str, dataset: str) -> tuple[list[str], list[float]]:
+def seeds_cells(metrics: Rows, setting: str, dataset: str) -> tuple[list[str], list[float]]:
     """One row of the seeds table and the validation accuracies (S = 1 and 10, every seed) it averages."""
     rows = select(metrics, dataset=dataset, setting=setting, variant="full")
 
@@ -680,7 +628,7 @@ def seeds_cells(metrics: Sequence[dict[str, str]], setting: str, dataset: str) -
     return cells + [f"{test[0]} / {test[1]}", f"{test[2]} / {test[3]}"], val1 + val10
 
 
-def seeds_table(metrics: list[dict[str, str]]) -> str:
+def seeds_table(metrics: Rows) -> str:
     """Settings of ``full`` run with several seeds, on the validation split, and the one it chooses.
 
     The choice: the highest validation ACC averaged over both datasets, S = 1 and 10 and every seed.
@@ -713,27 +661,27 @@ def panels(rows: int, columns: int) -> tuple[Any, Any]:
     return fig, fig.subplots(rows, columns, sharex=True, squeeze=False)
 
 
+def dress(ax: Any, title: str, ylabel: str, xlabel: str | None) -> None:
+    """A panel's title, axis labels (no x label above the bottom row) and light grid."""
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+
+
 def write(path: Path, content: Any) -> None:
-    """A page's text or a figure's PNG, written to ``<path>.partial`` and renamed: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
+    """A page's text or a figure's PNG, written whole."""
     if isinstance(content, str):
-        partial.write_text(content)
+        write_whole(path, lambda partial: partial.write_text(content))
     else:
-        content.savefig(partial, format="png", dpi=110)
-    partial.replace(path)
+        write_whole(path, lambda partial: content.savefig(partial, format="png", dpi=110))
 
 
-def draw_curves(curves: Sequence[dict[str, str]], path: Path, settings: Sequence[str] = ("default",)) -> None:
-    """Validation ACC and AUC of the denoised prediction and of the DCG prior against epoch (``full``, seeds 0-2).
-
-    One column per dataset, one row per metric, one colour per run; written to ``<path>.partial`` and renamed.
-
-    Args:
-        curves: rows of a ``collect.py`` curves CSV.
-        path: the PNG file.
-        settings: the runs' settings (``train_evaluate.py --setting``), named in the legend when more than one.
-    """
+def draw_curves(curves: Rows, path: Path, settings: Sequence[str] = ("default",)) -> None:
+    """Validation ACC and AUC of the denoised prediction and of the DCG prior against epoch (``full``, seeds 0-2)
+    from ``collect.py``'s curves: one column per dataset, one row per metric, one colour per run. ``settings``:
+    the runs' (``train_evaluate.py --setting``), named in the legend when more than one."""
     fig, axes = panels(2, len(DATASETS))
     for column, (dataset, name) in enumerate(DATASETS.items()):
         for row, (metric, label) in enumerate((("accuracy", "validation ACC"), ("auc", "validation AUC"))):
@@ -747,59 +695,40 @@ def draw_curves(curves: Sequence[dict[str, str]], path: Path, settings: Sequence
                     if points:
                         epochs, values = zip(*points, strict=True)
                         ax.plot(epochs, values, style, color=f"C{index}", label=f"{run_name}, {kind}")
-            ax.set_title(f"{name}: {label}")
-            ax.set_ylabel(label)
-            ax.grid(alpha=0.3)
-            if row == 1:
-                ax.set_xlabel("epoch")
+            dress(ax, f"{name}: {label}", label, "epoch" if row == 1 else None)
     axes[0][0].legend(fontsize="small", ncol=2)
     recipe = "small recipe" if settings == ("default",) else f"small recipe, {', '.join(settings)}"
     fig.suptitle(f"full, {recipe}, validation split: denoised prediction (S=1, solid) and fused DCG prior (dashed)")
     write(path, fig)
 
 
-def flips_table(predictions: list[dict[str, str]], split: str = "test") -> str:
-    """Where the denoised prediction of ``full`` departs from its own fused prior, per seed and S.
-
-    The diffusion earns its place only if it turns more of the prior's wrong answers right than right ones
-    wrong; the McNemar p-value tests the two counts against each other (the paired test of denoised vs prior).
-    """
-    runs, out = evaluations(predictions), []
-    for (dataset, setting, variant, seed, samples, where), run in sorted(runs.items()):
-        if (setting, variant, where) != ("default", "full", split):
-            continue
-        prior_right, denoised_right = run.prior == run.true, run.predicted == run.true
-        changed = int(np.sum(run.predicted != run.prior))
-        fixed, broken = int(np.sum(denoised_right & ~prior_right)), int(np.sum(~denoised_right & prior_right))
-        p_value = mcnemar_p(denoised_right, prior_right)
-        out.append([DISPLAY_NAMES.get(dataset, dataset), seed, samples, str(len(run.ids)), str(changed), str(fixed)])
-        out[-1] += [str(broken), f"{fixed - broken:+d}", f"{p_value:.3g}"]
-    header = ["dataset", "seed", "S", "images", "label changed by the diffusion", "prior wrong -> right"]
-    return markdown(header + ["prior right -> wrong", "net", "McNemar p (denoised vs prior)"], out)
-
-
 AGREEMENT = 0.99  # the issue's "agrees with the full chain on at least 99 % of test images"
 CHAINS = (("1", "noise", "S=1"), ("10", "noise", "S=10"), ("1", "prior_mean", "from the prior mean"))
 
 
-def full_chain_steps(rows: Sequence[dict[str, str]]) -> int:
+def full_chain_steps(rows: Rows) -> int:
     """T: the DDIM steps of the full chain (the most steps of any DDIM row)."""
     return max(int(r["steps"]) for r in rows if r["sampler"] == "ddim")
 
 
-def steps_label(row: dict[str, str], total: int) -> str:
-    if row["sampler"] == "ddpm":
-        return f"DDPM, {row['steps']} ancestral steps"
-    return f"{row['steps']} (full chain)" if int(row["steps"]) == total else row["steps"]
+def steps_label(sampler: str, steps: int, total: int) -> str:
+    if sampler == "ddpm":
+        return f"DDPM, {steps} ancestral steps"
+    return f"{steps} (full chain)" if steps == total else str(steps)
 
 
-def ordered_datasets(rows: Sequence[dict[str, str]]) -> list[str]:
+def ddim_chain(rows: Rows, samples: str, start: str) -> list[dict[str, str]]:
+    """The DDIM rows of one chain kind (S and start), by K."""
+    return sorted(select(rows, sampler="ddim", samples=samples, start=start), key=lambda r: int(r["steps"]))
+
+
+def ordered_datasets(rows: Rows) -> list[str]:
     """The datasets of the rows: the ablation's in page order, then any other in order of appearance."""
     present = dict.fromkeys(r["dataset"] for r in rows)
     return [d for d in DATASETS if d in present] + [d for d in present if d not in DATASETS]
 
 
-def sampling_steps_table(rows: list[dict[str, str]], split: str = "test", setting: str = "default") -> str:
+def sampling_steps_table(rows: Rows, split: str = "test", setting: str = "default") -> str:
     """ACC / F1 / AUC and agreement with the full chain per number of reverse steps, for each chain kind."""
     rows = select(rows, split=split, setting=setting)
     total, out = full_chain_steps(rows), []
@@ -807,13 +736,10 @@ def sampling_steps_table(rows: list[dict[str, str]], split: str = "test", settin
         mine = select(rows, dataset=dataset)
         ladder = sorted({(r["sampler"], int(r["steps"])) for r in mine}, key=lambda s: (s[0] == "ddpm", s[1]))
         for sampler, steps in ladder:
-            cells = [dataset, steps_label({"sampler": sampler, "steps": str(steps)}, total)]
+            cells = [dataset, steps_label(sampler, steps, total)]
             for samples, start, _ in CHAINS:
                 row = one(mine, sampler=sampler, steps=str(steps), samples=samples, start=start)
-                cells += [
-                    triple(row, ("accuracy", "macro_f1", "auc")),
-                    "-" if row is None else f3(row["agreement_full_chain"]),
-                ]
+                cells += [triple(row, ("accuracy", "macro_f1", "auc")), triple(row, ("agreement_full_chain",))]
             s10 = one(mine, sampler=sampler, steps=str(steps), samples="10", start="noise")
             cells.append("-" if s10 is None else f"{1000 * float(s10['sample_seconds']) / int(s10['images']):.2f}")
             out.append(cells)
@@ -823,13 +749,13 @@ def sampling_steps_table(rows: list[dict[str, str]], split: str = "test", settin
     return markdown(header + ["ms per image, S=10 (sampling only)"], out)
 
 
-def smallest_agreeing_k_table(rows: list[dict[str, str]], split: str = "test", setting: str = "default") -> str:
+def smallest_agreeing_k_table(rows: Rows, split: str = "test", setting: str = "default") -> str:
     """The smallest K whose predicted labels agree with the full chain's on at least 99 % of the images."""
     rows = select(rows, split=split, sampler="ddim", setting=setting)
     total, out = full_chain_steps(rows), []
     for dataset in ordered_datasets(rows):
         for samples, start, name in CHAINS:
-            mine = sorted(select(rows, dataset=dataset, samples=samples, start=start), key=lambda r: int(r["steps"]))
+            mine = ddim_chain(select(rows, dataset=dataset), samples, start)
             if not mine:
                 continue
             # smallest K from which every larger K agrees too: one lucky small K does not count
@@ -837,25 +763,13 @@ def smallest_agreeing_k_table(rows: list[dict[str, str]], split: str = "test", s
                 r for i, r in enumerate(mine) if all(float(x["agreement_full_chain"]) >= AGREEMENT for x in mine[i:])
             )
             full = one(mine, steps=str(total))
-            out.append(
-                [
-                    dataset,
-                    name,
-                    k["steps"],
-                    f3(k["agreement_full_chain"]),
-                    f3(k["accuracy"]),
-                    f3(full["accuracy"]),
-                    f3(full["prior_accuracy"]),
-                    mine[0]["images"],
-                ]
-            )
+            cells = [dataset, name, k["steps"], *map(f3, (k["agreement_full_chain"], k["accuracy"]))]
+            out.append(cells + [f3(full["accuracy"]), f3(full["prior_accuracy"]), mine[0]["images"]])
     header = ["dataset", "chain", f"smallest K with >= {AGREEMENT:.0%} agreement", "its agreement", "its ACC"]
     return markdown(header + ["full-chain ACC", "prior ACC", "images"], out)
 
 
-def draw_sampling_steps(
-    rows: Sequence[dict[str, str]], path: Path, split: str = "test", setting: str = "default"
-) -> None:
+def draw_sampling_steps(rows: Rows, path: Path, split: str = "test", setting: str = "default") -> None:
     """Test ACC and AUC against the number of DDIM steps (log scale), one column per dataset.
 
     Lines: S=1 and S=10 chains from N(prior, I) and the deterministic chain from the prior mean; the fused
@@ -870,17 +784,9 @@ def draw_sampling_steps(
         for row, (metric, label) in enumerate((("accuracy", "test ACC"), ("auc", "test AUC"))):
             ax = axes[row][column]
             for color, (samples, start, name) in zip(("C0", "C1", "C2"), CHAINS, strict=True):
-                chain = sorted(
-                    select(mine, sampler="ddim", samples=samples, start=start), key=lambda r: int(r["steps"])
-                )
-                if chain:
-                    ax.plot(
-                        [int(r["steps"]) for r in chain],
-                        [float(r[metric]) for r in chain],
-                        "o-",
-                        color=color,
-                        label=f"DDIM, {name}",
-                    )
+                if chain := ddim_chain(mine, samples, start):
+                    steps, values = [int(r["steps"]) for r in chain], [float(r[metric]) for r in chain]
+                    ax.plot(steps, values, "o-", color=color, label=f"DDIM, {name}")
                 for r in select(mine, sampler="ddpm", samples=samples, start=start):
                     ax.plot([int(r["steps"])], [float(r[metric])], "s", color=color, mfc="none", label=f"DDPM, {name}")
             prior = float(mine[0][f"prior_{metric}"])
@@ -888,11 +794,7 @@ def draw_sampling_steps(
             low, high = ax.get_ylim()  # axhline does not widen the limits: keep a prior above every chain in view
             ax.set_ylim(min(low, prior - 0.01), max(high, prior + 0.01))
             ax.set_xscale("log")
-            ax.set_title(f"{DISPLAY_NAMES.get(dataset, dataset)}: {label}")
-            ax.set_ylabel(label)
-            ax.grid(alpha=0.3)
-            if row == 1:
-                ax.set_xlabel("reverse steps K")
+            dress(ax, f"{display(dataset)}: {label}", label, "reverse steps K" if row == 1 else None)
     axes[0][0].legend(fontsize="small")
     write(path, fig)
 
@@ -901,37 +803,27 @@ def draw_sampling_steps(
 REFERRED = (0.1, 0.2, 0.3)  # shares of the most uncertain images referred to a reader (uncertainty table)
 
 
-class StudyRow(NamedTuple):
-    """One row of study 3's table: a setting's variant, the S of its evaluation, and which prediction."""
-
-    label: str
-    setting: str
-    variant: str
-    samples: str
-    prediction: str
-
-
 MEDMNIST_SCHEDULE_ROWS = [
-    StudyRow("basic (ResNet-18)", "basic_medmnist", "basic", "10", "denoised"),
-    StudyRow("DCG prior (fused, of full)", "y0_medmnist", "full", "10", "prior"),
-    StudyRow("full, S=1", "y0_medmnist", "full", "1", "denoised"),
-    StudyRow("full, S=10", "y0_medmnist", "full", "10", "denoised"),
+    ModelRow("basic (ResNet-18)", "basic", "10", "denoised", "basic_medmnist"),
+    ModelRow("DCG prior (fused, of full)", "full", "10", "prior", "y0_medmnist"),
+    ModelRow("full, S=1", "full", "1", "denoised", "y0_medmnist"),
+    ModelRow("full, S=10", "full", "10", "denoised", "y0_medmnist"),
 ]
 
 
-def published_verdict(dataset: str, intervals: tuple[str, str]) -> str:
+def published_verdict(dataset: str, accuracy: Bounds, auc: Bounds) -> str:
     """Study 3's rule (A): the published ResNet-18 (28) test ACC and AUC each inside or below the seed-0 interval."""
-    _, auc, accuracy = PUBLISHED[dataset][0]
-    highs = [float(i.strip("[]").split(",")[1]) if i != "-" else float("nan") for i in intervals]
+    _, published_auc, published_accuracy = PUBLISHED[dataset][0]
+    checked = (("ACC", published_accuracy, accuracy), ("AUC", published_auc, auc))
     misses = [
-        f"{name} {value:.3f} above {high:.3f}"
-        for name, value, high in zip(("ACC", "AUC"), (accuracy, auc), highs, strict=True)
-        if not value <= high
+        f"{name} {value:.3f} above " + ("no interval" if bounds is None else f"{bounds[1]:.3f}")
+        for name, value, bounds in checked
+        if bounds is None or value > bounds[1]
     ]
     return "reached" if not misses else "not reached: published " + ", ".join(misses)
 
 
-def medmnist_schedule_table(metrics: list[dict[str, str]], predictions: list[dict[str, str]]) -> str:
+def medmnist_schedule_table(metrics: Rows, predictions: Rows) -> str:
     """Study 3: basic, the prior and full on MedMNIST v2's schedule; validation decides, test is for information."""
     runs = evaluations(predictions)
     rows = []
@@ -946,13 +838,13 @@ def medmnist_schedule_table(metrics: list[dict[str, str]], predictions: list[dic
             cells = [name, row.label, str(len({r["seed"] for r in found}))]
             for split in ("validation", "test"):
                 chosen = select(found, split=split)
-                cells += [mean_sd([float(r[c]) for r in chosen]) for c in (accuracy, auc)]
+                cells += means(chosen, (accuracy, auc))
             first = runs.get((dataset, row.setting, row.variant, "0", row.samples, "test"))
-            intervals = ("-", "-")
+            bounds: tuple[Bounds, Bounds] = (None, None)
             if first is not None:
                 scores = first.prior_probs if row.prediction == "prior" else first.label_mean if ranked else first.probs
-                intervals = bootstrap_intervals(first.true, labels_of(first, row.prediction), scores)
-            cells += [*intervals, published_verdict(dataset, intervals) if row.variant == "basic" else "-"]
+                bounds = bootstrap_bounds(first.true, labels_of(first, row.prediction), scores)
+            cells += [*map(interval, bounds), published_verdict(dataset, *bounds) if row.variant == "basic" else "-"]
             rows.append(cells)
     header = ["dataset", "model", "seeds", "val ACC", "val AUC", "test ACC", "test AUC", "test ACC 95% CI (seed 0)"]
     return markdown(header + ["test AUC 95% CI (seed 0)", "published ResNet-18 (28), rule (A)"], rows)
@@ -964,7 +856,7 @@ def accuracy_and_auc(true: np.ndarray, probs: np.ndarray) -> str:
     return f"{np.mean(probs.argmax(1) == true):.3f} / {auc:.3f}"
 
 
-def second_view_table(predictions: list[dict[str, str]]) -> str:
+def second_view_table(predictions: Rows) -> str:
     """The bound of a second view: the prior averaged with an independently trained ResNet-18 (``basic``), beside
     the prior, ``basic`` and the denoised prediction (S = 10) of the same seed (study 3's runs)."""
     runs = evaluations(predictions)
@@ -976,7 +868,7 @@ def second_view_table(predictions: list[dict[str, str]]) -> str:
         if basic.ids != full.ids:
             raise ValueError(f"{dataset} seed {seed} {split}: basic and full were evaluated on different images")
         averaged = (full.prior_probs + basic.probs) / 2
-        cells = [DISPLAY_NAMES.get(dataset, dataset), seed, split, str(len(full.ids))]
+        cells = [display(dataset), seed, split, str(len(full.ids))]
         scores = (full.prior_probs, basic.probs, full.probs, averaged, (full.probs + basic.probs) / 2)
         cells += [accuracy_and_auc(full.true, p) for p in scores]
         cells.append(f"{mcnemar_p(averaged.argmax(1) == full.true, full.prior == full.true):.3g}")
@@ -1011,7 +903,7 @@ def error_auroc(correct: np.ndarray, uncertainty: np.ndarray) -> float:
     return float(weighted_auc(counts, ~correct, uncertainty)[0]) if 0 < correct.sum() < len(correct) else math.nan
 
 
-def uncertainty_table(predictions: list[dict[str, str]]) -> str:
+def uncertainty_table(predictions: Rows) -> str:
     """Does the diffusion's uncertainty flag errors better than the prior's own entropy? Error AUROC, and the
     accuracy left when the most uncertain images are referred, of every ``full`` evaluation with S = 10 that
     recorded the prior's probabilities."""
@@ -1019,7 +911,7 @@ def uncertainty_table(predictions: list[dict[str, str]]) -> str:
     for (dataset, setting, variant, seed, samples, split), found in sorted(evaluations(predictions).items()):
         if variant != "full" or samples != "10" or found.prior_probs is None:
             continue
-        cells = [setting, DISPLAY_NAMES.get(dataset, dataset), seed, split]
+        cells = [setting, display(dataset), seed, split]
         for u, correct in uncertainties(found).values():
             referred = " / ".join(f"{referred_accuracy(correct, u, s):.3f}" for s in REFERRED)
             cells += [f"{error_auroc(correct, u):.3f}", referred if np.ptp(u) > 0 else "- (equal on every image)"]
@@ -1031,7 +923,7 @@ def uncertainty_table(predictions: list[dict[str, str]]) -> str:
     return markdown(header, rows)
 
 
-def draw_risk_coverage(predictions: Sequence[dict[str, str]], path: Path, split: str = "test") -> None:
+def draw_risk_coverage(predictions: Rows, path: Path, split: str = "test") -> None:
     """Accuracy of the kept images against the share referred, most uncertain first, for each uncertainty of
     :func:`uncertainties`: one panel per ``full`` evaluation with S = 10 and the prior's probabilities."""
     found = {
@@ -1045,22 +937,20 @@ def draw_risk_coverage(predictions: Sequence[dict[str, str]], path: Path, split:
         for name, (u, correct) in uncertainties(evaluation).items():
             if np.ptp(u) > 0:  # an uncertainty equal on every image ranks nothing (S samples that all agree)
                 ax.plot(100 * shares, [referred_accuracy(correct, u, s) for s in shares], label=name)
-        ax.set_title(f"{DISPLAY_NAMES.get(dataset, dataset)}, {setting}, seed {seed}, {split}")
-        ax.set_xlabel("images referred, most uncertain first (%)")
-        ax.set_ylabel("accuracy of the rest")
-        ax.grid(alpha=0.3)
+        title = f"{display(dataset)}, {setting}, seed {seed}, {split}"
+        dress(ax, title, "accuracy of the rest", "images referred, most uncertain first (%)")
     axes[0][0].legend(fontsize="small")
     write(path, fig)
 
 
-def ranking_table(metrics: list[dict[str, str]]) -> str:
+def ranking_table(metrics: Rows) -> str:
     """Study 4: the denoised AUC under three ranking scores, and the share of tied pairs of the current one."""
     rows = []
     order = ("setting", "dataset", "seed", "split", "num_samples")
     for r in sorted(metrics, key=lambda r: (*(r[k] for k in order[:3]), r["split"] != "validation", r[order[4]])):
         if r["variant"] == "basic" or r.get("auc_label_mean", "") in ("", "nan"):
             continue
-        cells = [r["setting"], DISPLAY_NAMES.get(r["dataset"], r["dataset"]), *(r[k] for k in order[2:])]
+        cells = [r["setting"], display(r["dataset"]), *(r[k] for k in order[2:])]
         cells += [f3(r["auc"]), f"{100 * float(r['auc_tied_pairs']):.1f} %", f3(r["auc_label_mean"])]
         rows.append(cells + [f3(r["auc_then_prior"]), f3(r["prior_auc"])])
     header = ["setting", "dataset", "seed", "split", "S", "AUC: probabilities", "tied pairs: probabilities"]
@@ -1086,12 +976,9 @@ CPU4 = (
 )
 TE = "train_evaluate.py --samples 1 10 --splits validation test --no-tsne"
 SOURCES = {
-    "train_evaluate_h200.csv": Source("2026-11-26", "bash benchmarks/gpu_session.sh", GPU1),
     "speed_h200.csv": Source("", "bash benchmarks/gpu_session.sh (speed.py)", GPU1),
     "ablation_h200.csv": Source("2026-11-26", "bash benchmarks/gpu_ablation.sh, collect.py --name ablation_h200", GPU2),
     "study_h100.csv": Source("2026-11-26", "bash benchmarks/gpu_ablation.sh, collect.py --name study_h100", GPU3),
-    "small_cpu.csv": Source("2026-11-26", f"{TE} --out runs/cpu_small, collect.py --name small_cpu", CPU1),
-    "sampling_steps_cpu.csv": Source("2026-11-26", "sampling_steps.py --runs runs/cpu_small/*_seed0", CPU1),
     "speed_cpu.csv": Source("", "speed.py --device cpu --out benchmarks/results/speed_cpu.csv", CPU1),
     "paper_datasets_cpu.csv": Source("2026-11-26", "train_evaluate.py, collect.py --name paper_datasets_cpu", CPU2),
     "fixed_prior_cpu.csv": Source("2026-11-27", f"{TE} --set dcg_epochs=N, collect.py --name fixed_prior_cpu", CPU3),
@@ -1220,28 +1107,9 @@ MAP = [  # the pages' sections in page order, each with its tables and figures a
             "headline": table(Y0, build=headline_table),
         },
     ),
-    Section(HISTORY, GPU1, {"evaluation_h200": table("train_evaluate_h200.csv", build=evaluation_table)}),
-    Section(
-        HISTORY,
-        GPU2,
-        {
-            "ablation_h200": table("ablation_h200.csv", "ablation_h200_predictions.csv.gz", build=ablation_table),
-            "flips_h200": table("ablation_h200_predictions.csv.gz", build=flips_table),
-            "study_h200": table("ablation_h200.csv", "ablation_h200_curves.csv", build=study_table),
-        },
-        {"prior_vs_denoised_epochs.png": table("ablation_h200_curves.csv", build=draw_curves)},
-    ),
-    Section(
-        HISTORY,
-        CPU1,
-        {
-            "evaluation_cpu": table("small_cpu.csv", build=evaluation_table),
-            "study_cpu": table("small_cpu.csv", "small_cpu_curves.csv", build=study_table),
-            "sampling_steps_cpu": table("sampling_steps_cpu.csv", build=sampling_steps_table),
-            "smallest_k_cpu": table("sampling_steps_cpu.csv", build=smallest_agreeing_k_table),
-        },
-        {"accuracy_vs_steps.png": table("sampling_steps_cpu.csv", build=draw_sampling_steps)},
-    ),
+    # the log's tables are frozen copies; its figures are redrawn with the page's
+    Section(HISTORY, GPU2, {}, {"prior_vs_denoised_epochs.png": table("ablation_h200_curves.csv", build=draw_curves)}),
+    Section(HISTORY, CPU1, {}, {"accuracy_vs_steps.png": table("sampling_steps_cpu.csv", build=draw_sampling_steps)}),
 ]
 
 

@@ -35,42 +35,20 @@ from common import (  # noqa: E402 - beside this script
     BUNDLE,
     RESULTS,
     append_row,
-    device_name,
-    git_commit,
-    number,
+    as_stored,
     parse_override,
+    recipe_configs,
     recorded_keys,
+    row_stamp,
 )
 
 RUN_NAME = re.compile(r"(?P<dataset>[a-z0-9]+)_(?P<recipe>small|paper)_(?P<variant>C1|C2|full)(?:_(?P<setting>.+))?")
 STEPS = (1, 2, 5, 10, 20, 50, 100)  # and T, the full chain
 TINY_STEPS = (1, 2, 5)  # and T
 KEY = ("run", "split", "sampler", "steps", "samples", "start")
-COLUMNS = [
-    "dataset",
-    "recipe",
-    "variant",
-    "setting",
-    "seed",
-    "run",
-    "split",
-    "images",
-    "sampler",
-    "steps",
-    "samples",
-    "start",
-    "accuracy",
-    "macro_f1",
-    "auc",
-    "agreement_full_chain",
-    "prior_accuracy",
-    "prior_macro_f1",
-    "prior_auc",
-    "sample_seconds",
-    "backbone_seconds",
-    "commit",
-    "device",
-]
+COLUMNS = ["dataset", "recipe", "variant", "setting", "seed", "run", "split", "images", "sampler", "steps", "samples"]
+COLUMNS += ["start", "accuracy", "macro_f1", "auc", "agreement_full_chain", "prior_accuracy", "prior_macro_f1"]
+COLUMNS += ["prior_auc", "sample_seconds", "backbone_seconds", "commit", "device"]
 
 
 class Run:
@@ -92,10 +70,14 @@ class Run:
         if not self.checkpoint.is_file():
             raise FileNotFoundError(f"{path}: no models/model.pt (training unfinished or failed?)")
 
+    def columns(self) -> dict[str, object]:
+        """What a row says of its run."""
+        names = dict(dataset=self.dataset, recipe=self.recipe, variant=self.variant, setting=self.setting)
+        return names | {"seed": self.seed, "run": self.name}
+
     def configs(self) -> list[str]:
         """The config files the run was trained with, then evaluate.yaml (relative to the bundle folder)."""
-        small = ["configs/small.yaml"] if self.recipe == "small" else []
-        return ["configs/train.yaml", f"configs/data/{self.dataset}.yaml", *small, "configs/evaluate.yaml"]
+        return [*recipe_configs(self.dataset, self.recipe), "configs/evaluate.yaml"]
 
 
 def load_parser(run: Run, split: str, overrides: dict):
@@ -193,12 +175,11 @@ def measure_run(run: Run, split: str, args: argparse.Namespace, done: set, stamp
         if key in done:  # the full chain was recomputed only as the reference of missing rows
             continue
         reference = full_chain.get((s, start))
-        row = dict(dataset=run.dataset, recipe=run.recipe, variant=run.variant, setting=run.setting, seed=run.seed)
-        row.update(run=run.name, split=split, images=len(labels), sampler=name, steps=k, samples=s, start=start)
+        row = dict(run.columns(), split=split, images=len(labels), sampler=name, steps=k, samples=s, start=start)
         row.update({metric: score(probs, labels) for metric, score in scores.items()}, **prior_scores, **stamp)
         row["agreement_full_chain"] = float((predicted == reference).float().mean()) if reference is not None else ""
         row.update(sample_seconds=round(seconds, 3), backbone_seconds=round(backbone_seconds, 3))
-        row = {c: (number(v) if isinstance(v, float) else str(v)) for c, v in row.items()}  # as read back
+        row = as_stored(row)
         append_row(args.out, row, COLUMNS)
         done.add(key)
         written.append(row)
@@ -232,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(argv)
 
     runs = [Run(path.resolve()) for path in args.runs]
-    done, stamp, written = recorded_keys(args.out, KEY), {"commit": git_commit()[0], "device": device_name()}, []
+    done, stamp, written = recorded_keys(args.out, KEY), row_stamp(), []
     for run in runs:
         for split in args.splits:
             written += measure_run(run, split, args, done, stamp)

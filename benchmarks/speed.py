@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "bundle"), str(Path(__file__).resolve().parent)]
-from common import BUNDLE, RESULTS, append_row, device_name, git_commit, number, recorded_rows  # noqa: E402
+from common import BUNDLE, RESULTS, append_row, as_stored, device_name, git_commit, recorded_rows  # noqa: E402
 
 if TYPE_CHECKING:
     from monai.bundle import ConfigParser
@@ -42,51 +42,13 @@ CHECK_TOLERANCE = 1.2  # full inference may take at most this times (backbones +
 TINY_DEPTH = 10  # ResNet depth of every trunk in --tiny mode
 MIB = 2**20
 
-COLUMNS = [
-    "date",
-    "commit",
-    "dirty",
-    "device",
-    "threads",
-    "measurement",
-    "recipe",
-    "depths",
-    "num_classes",
-    "image_size",
-    "width",
-    "batch",
-    "steps",
-    "samples",
-    "repeats",
-    "seconds",
-    "images_per_s",
-    "ratio_to_basic",
-    "peak_mem_mb",
-    "base_mem_mb",
-    "mem_method",
-    "check_full_s",
-    "check_backbones_s",
-    "check_step_s",
-    "check_bound_s",
-    "check_ratio",
-    "check_pass",
-    "notes",
-]
+COLUMNS = ["date", "commit", "dirty", "device", "threads", "measurement", "recipe", "depths", "num_classes"]
+COLUMNS += ["image_size", "width", "batch", "steps", "samples", "repeats", "seconds", "images_per_s"]
+COLUMNS += ["ratio_to_basic", "peak_mem_mb", "base_mem_mb", "mem_method", "check_full_s", "check_backbones_s"]
+COLUMNS += ["check_step_s", "check_bound_s", "check_ratio", "check_pass", "notes"]
 # a measurement is identified by these columns: a later run with the same values skips it
-KEY = (
-    "commit",
-    "device",
-    "threads",
-    "measurement",
-    "recipe",
-    "depths",
-    "num_classes",
-    "image_size",
-    "width",
-    "batch",
-    "steps",
-    "samples",
-)
+KEY = ("commit", "device", "threads", "measurement", "recipe", "depths", "num_classes", "image_size", "width")
+KEY += ("batch", "steps", "samples")
 
 
 class Setting(NamedTuple):
@@ -104,14 +66,7 @@ class Setting(NamedTuple):
 
 
 def recipe_files(recipe: str) -> list[str]:
-    """The bundle config files of a recipe.
-
-    Args:
-        recipe: ``paper`` or ``small``.
-
-    Returns:
-        their paths, in merge order.
-    """
+    """The paths of the bundle config files of a recipe (``paper`` or ``small``), in merge order."""
     return [str(BUNDLE / "configs" / f"{name}.yaml") for name in RECIPES[recipe]]
 
 
@@ -123,15 +78,8 @@ def recipe_values(recipe: str) -> dict[str, Any]:
 
 
 def choose_recipe(size: int, recipe: str) -> str:
-    """The recipe whose own image_size is nearest ``size`` for ``auto`` (its stems and ROIs suit that size).
-
-    Args:
-        size: image side in pixels.
-        recipe: ``auto``, ``paper`` or ``small``.
-
-    Returns:
-        ``paper`` or ``small``.
-    """
+    """``recipe``, or for ``auto`` the recipe whose own image_size is nearest ``size`` (its stems and ROIs suit
+    that size)."""
     if recipe != "auto":
         return recipe
     return min(RECIPES, key=lambda r: abs(int(recipe_values(r)["image_size"]) - size))
@@ -140,18 +88,8 @@ def choose_recipe(size: int, recipe: str) -> str:
 def make_parser(
     setting: Setting, variant: str, device: torch.device, extra: dict[str, Any] | None = None, **globals_: Any
 ) -> ConfigParser:
-    """The bundle's config with this benchmark's overrides.
-
-    Args:
-        setting: recipe, image size, width, batch, depth and classes.
-        variant: ``basic`` or ``full`` (or ``C1``, ``C2``).
-        device: where the networks run.
-        extra: more config ids to override.
-        globals_: objects the overrides' expressions refer to.
-
-    Returns:
-        the parser, not yet parsed.
-    """
+    """The bundle's config, not yet parsed, with the setting's and ``extra`` overrides; ``globals_``: objects the
+    overrides' expressions refer to."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser(globals=globals_ or None)
@@ -177,16 +115,9 @@ def make_parser(
 
 
 def describe(setting: Setting, device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
-    """What a setting means, read back from the config (so that defaults come from the recipe).
-
-    Args:
-        setting: the grid point.
-        device: where the networks run.
-
-    Returns:
-        the identifying columns of its rows; and ``seed``, ``in_channels``, ``steps`` (K of the configured
-        sampler), ``noise_draws`` and ``mmd_weight`` (of joint training).
-    """
+    """What a setting means, read back from the config (so that defaults come from the recipe): the identifying
+    columns of its rows; and ``seed``, ``in_channels``, ``steps`` (K of the configured sampler), ``noise_draws``
+    and ``mmd_weight`` (of joint training)."""
     parser = make_parser(setting, "full", device)
     columns = {
         "recipe": setting.recipe,
@@ -214,17 +145,8 @@ def build_network(setting: Setting, variant: str, device: torch.device) -> torch
 
 
 def random_batch(columns: dict[str, Any], info: dict[str, Any], device: torch.device, index: int = 0) -> dict:
-    """Random images (standard normal, like the [-1, 1] inputs in scale) and labels of one batch.
-
-    Args:
-        columns: the setting's columns (batch, image size, classes).
-        info: the setting's seed and channels.
-        device: where the batch goes.
-        index: which batch of the seeded sequence.
-
-    Returns:
-        ``image`` (B, C, H, W) and ``label`` (B,).
-    """
+    """Random ``image`` (B, C, H, W; standard normal, like the [-1, 1] inputs in scale) and ``label`` (B,) of the
+    ``index``-th batch of the setting's seeded sequence."""
     generator = torch.Generator().manual_seed(info["seed"] * 1000 + index)
     batch, size = columns["batch"], columns["image_size"]
     image = torch.randn((batch, info["in_channels"], size, size), generator=generator)
@@ -251,17 +173,8 @@ def synchronize(device: torch.device) -> None:
 
 
 def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[float]:
-    """Seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones.
-
-    Args:
-        fn: the work of one batch.
-        device: synchronised around every timed call.
-        warmup: untimed calls first (allocation, kernel selection).
-        repeats: timed calls.
-
-    Returns:
-        the seconds of each timed call.
-    """
+    """Seconds of each of ``repeats`` calls of ``fn`` (one batch's work; the device synchronised around each)
+    after ``warmup`` untimed ones (allocation, kernel selection)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -301,10 +214,8 @@ def reset_peak_memory(device: torch.device) -> tuple[float, str]:
 
     On CUDA the counter is ``torch.cuda.max_memory_allocated``. On a CPU it is the process's resident
     high-water mark (ru_maxrss, read as VmHWM), which Linux resets on writing 5 to /proc/self/clear_refs;
-    where that fails the mark stays process-wide (the caller measures ``basic`` before ``full``).
-
-    Returns:
-        memory in use now (MiB, the peak's floor) and how the peak is measured.
+    where that fails the mark stays process-wide (the caller measures ``basic`` before ``full``). Returns the
+    memory in use now (MiB, the peak's floor) and how the peak is measured.
     """
     gc.collect()
     if device.type == "cuda":
@@ -336,12 +247,8 @@ def peak_memory(device: torch.device) -> float:
 
 
 class Results:
-    """The CSV of measurements: earlier rows are read for resuming, new ones appended one whole line at a time.
-
-    Args:
-        path: the CSV file (created with its header at the first row).
-        context: the columns shared by every row of this run (date, commit, device, ...).
-    """
+    """The CSV of measurements (created with its header at the first row): earlier rows are read for resuming,
+    new ones appended one whole line at a time; ``context``: the columns every row of this run shares."""
 
     def __init__(self, path: Path, context: dict[str, Any]) -> None:
         self.path = path
@@ -361,7 +268,7 @@ class Results:
     def add(self, row: dict[str, Any]) -> dict[str, str]:
         """Writes one row (context columns filled in) and returns it as the CSV holds it."""
         full = {c: "" for c in COLUMNS} | self.context | {"date": datetime.now(UTC).isoformat(timespec="seconds")}
-        full |= {k: number(v) if isinstance(v, float) else v for k, v in row.items()}
+        full |= as_stored(row)
         stored = append_row(self.path, full, COLUMNS, lineterminator="\n")
         self.rows.append(stored)
         return stored
@@ -371,14 +278,8 @@ class Results:
 
 
 class Benchmark:
-    """Runs the measurements of a grid of settings and records them.
-
-    Args:
-        results: the CSV.
-        device: where networks run.
-        warmup: untimed batches before timing.
-        repeats: timed batches; their median is reported.
-    """
+    """Runs the measurements of a grid of settings and records them: the median of ``repeats`` timed batches
+    after ``warmup`` untimed ones."""
 
     def __init__(self, results: Results, device: torch.device, warmup: int, repeats: int) -> None:
         self.results = results
@@ -394,31 +295,29 @@ class Benchmark:
         basic: dict[str, str] | None = None,
         notes: str = "",
     ) -> dict[str, str]:
-        """One measurement, or its earlier row.
+        """One measurement (``ids``: its identifying columns), or its earlier row.
 
-        Args:
-            ids: the identifying columns (measurement, setting, steps, samples).
-            make: builds what is measured (only when the row is missing) and returns a call giving the timed
-                seconds per batch.
-            basic: the row this one is compared to (None: it is the basic row itself).
-            notes: free text for the row.
-
-        Returns:
-            the row.
+        ``make`` builds what is measured (only when the row is missing) and returns a call giving the timed
+        seconds per batch; ``basic`` is the row this one is compared to (None: it is the basic row itself).
         """
-        row = self.results.find(ids)
-        if row is None:
+
+        def values() -> dict[str, Any]:
             measure = make()
             base, method = reset_peak_memory(self.device)
             seconds = statistics.median(measure())
             peak = peak_memory(self.device)
             del measure  # frees what only this measurement held (the basic network) before the next one
             ips = ids["batch"] / seconds
+            print(f"  {ids['measurement']:<22} {seconds:9.4f} s/batch  {ips:10.1f} images/s", flush=True)
             ratio = 1.0 if basic is None else ips / float(basic["images_per_s"])
             values = {"seconds": seconds, "images_per_s": ips, "ratio_to_basic": ratio, "peak_mem_mb": peak}
-            values |= {"base_mem_mb": base, "mem_method": method, "repeats": self.repeats, "notes": notes}
-            row = self.results.add(ids | values)
-            print(f"  {ids['measurement']:<22} {seconds:9.4f} s/batch  {ips:10.1f} images/s", flush=True)
+            return values | {"base_mem_mb": base, "mem_method": method, "repeats": self.repeats, "notes": notes}
+
+        return self.record(ids, values)
+
+    def record(self, ids: dict[str, Any], values: Callable[[], dict[str, Any]]) -> dict[str, str]:
+        """The earlier row of ``ids``, or a new one with the ``values`` computed now."""
+        row = self.results.find(ids) or self.results.add(ids | values())
         self.rows.append(row)
         return row
 
@@ -432,13 +331,8 @@ class Benchmark:
         return run
 
     def inference(self, setting: Setting, columns: dict[str, Any], info: dict[str, Any]) -> None:
-        """basic, DCG alone, full with 1 and 10 samples, the backbones, one denoiser step, and the check.
-
-        Args:
-            setting: the grid point.
-            columns: its identifying columns (from :func:`describe`).
-            info: its seed, channels and K (from :func:`describe`).
-        """
+        """basic, DCG alone, full with 1 and 10 samples, the backbones, one denoiser step, and the check
+        (``columns``, ``info``: the setting's, from :func:`describe`)."""
         from scripts.inferer import DiffMICInferer
 
         batch, steps = columns["batch"], info["steps"]
@@ -492,67 +386,33 @@ class Benchmark:
         full.clear()  # frees the full network before training
         self.check(columns, steps, chains[CHECK_SAMPLES], parts, step, basic)
 
-    def check(
-        self,
-        columns: dict[str, Any],
-        steps: int,
-        chain: dict[str, str],
-        parts: dict[str, str],
-        step: dict[str, str],
-        basic: dict[str, str],
-    ) -> None:
-        """The no-wasted-work row: full with 10 samples against backbones + K single denoiser steps.
+    def check(self, columns: dict[str, Any], steps: int, chain: dict, parts: dict, step: dict, basic: dict) -> None:
+        """The no-wasted-work row: full with 10 samples (``chain``) against the backbones (``parts``) + K = ``steps``
+        single denoiser steps (``step``: one on batch x samples rows)."""
 
-        Args:
-            columns: the setting's identifying columns.
-            steps: K.
-            chain: the row of full inference with the check's samples.
-            parts: the row of the backbones alone.
-            step: the row of one denoiser step on batch x samples rows.
-            basic: the basic row.
-        """
-        ids = {**columns, "measurement": "check_no_wasted_work", "steps": steps, "samples": CHECK_SAMPLES}
-        row = self.results.find(ids)
-        if row is None:
-            full_s = float(chain["seconds"])
+        def values() -> dict[str, Any]:
+            full_s, ips = float(chain["seconds"]), float(chain["images_per_s"])
             bound = float(parts["seconds"]) + steps * float(step["seconds"])
             ratio = full_s / bound
-            values = {
-                "seconds": full_s,
-                "images_per_s": float(chain["images_per_s"]),
-                "ratio_to_basic": float(chain["images_per_s"]) / float(basic["images_per_s"]),
-                "check_full_s": full_s,
-                "check_backbones_s": float(parts["seconds"]),
-                "check_step_s": float(step["seconds"]),
-                "check_bound_s": bound,
-                "check_ratio": ratio,
-                "check_pass": ratio <= CHECK_TOLERANCE,
-                "repeats": self.repeats,
-                "notes": f"pass: full <= {CHECK_TOLERANCE} x (backbones + {steps} x step)",
-            }
-            row = self.results.add(ids | values)
             print(f"  {'check_no_wasted_work':<22} ratio {ratio:.3f} (pass: {ratio <= CHECK_TOLERANCE})", flush=True)
-        self.rows.append(row)
+            values = {"seconds": full_s, "images_per_s": ips, "ratio_to_basic": ips / float(basic["images_per_s"])}
+            values |= {"check_full_s": full_s, "check_backbones_s": float(parts["seconds"])}
+            values |= {"check_step_s": float(step["seconds"]), "check_bound_s": bound, "check_ratio": ratio}
+            notes = f"pass: full <= {CHECK_TOLERANCE} x (backbones + {steps} x step)"
+            return values | {"check_pass": ratio <= CHECK_TOLERANCE, "repeats": self.repeats, "notes": notes}
+
+        ids = {**columns, "measurement": "check_no_wasted_work", "steps": steps, "samples": CHECK_SAMPLES}
+        self.record(ids, values)
 
     def training(self, setting: Setting, columns: dict[str, Any], info: dict[str, Any]) -> None:
-        """Joint training iterations of ``full`` and cross-entropy iterations of ``basic``, basic first.
-
-        Args:
-            setting: the grid point.
-            columns: its identifying columns.
-            info: its seed, channels, noise draws and MMD weight.
-        """
+        """Joint training iterations of ``full`` and cross-entropy iterations of ``basic``, basic first."""
         ids = {**columns, "steps": 0, "samples": 0}
         notes = f"joint: DCG + denoiser steps; noise_draws={info['noise_draws']}; mmd_weight={info['mmd_weight']}"
         basic = self.measure(
             ids | {"measurement": "train_basic"}, lambda: self.trainer(setting, "basic", columns, info)
         )
-        self.measure(
-            ids | {"measurement": "train_full"},
-            lambda: self.trainer(setting, "full", columns, info),
-            basic,
-            notes=notes,
-        )
+        full = ids | {"measurement": "train_full"}
+        self.measure(full, lambda: self.trainer(setting, "full", columns, info), basic, notes=notes)
 
     def trainer(
         self, setting: Setting, variant: str, columns: dict[str, Any], info: dict[str, Any]
@@ -560,16 +420,8 @@ class Benchmark:
         """``train#trainer`` of the config on in-memory random batches; returns the call that runs it.
 
         The data loader is a list of ``warmup + repeats`` batches, the handlers (validation, checkpoints,
-        logging) are left out, and there is no DCG warm-up, so every iteration is a joint one.
-
-        Args:
-            setting: the grid point.
-            variant: ``basic`` or ``full``.
-            columns: its identifying columns.
-            info: its seed and channels.
-
-        Returns:
-            a call that runs the trainer and gives the seconds of the iterations after the warm-up.
+        logging) are left out, and there is no DCG warm-up, so every iteration is a joint one. The call returns
+        the seconds of the iterations after the warm-up.
         """
         from ignite.engine import Events
 
@@ -675,14 +527,7 @@ def format_table(rows: list[dict[str, str]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, str]]:
-    """Runs the benchmark.
-
-    Args:
-        argv: command-line arguments (sys.argv's when None).
-
-    Returns:
-        the rows of the measurements asked for, measured now or read from the CSV.
-    """
+    """Runs the benchmark; returns the rows of the measurements asked for, measured now or read from the CSV."""
     args = parse_args(argv)
     device = torch.device(args.device)
     if args.tiny:  # explicit flags still win
@@ -710,19 +555,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, str]]:
 def run_grid(
     args: argparse.Namespace, device: torch.device, sizes: list[int], widths: list[int], warmup: int, repeats: int
 ) -> list[dict[str, str]]:
-    """Measures every size x width setting, inference then training, and prints the table.
-
-    Args:
-        args: the command line (recipe, batch, classes, --tiny, --no-train, --out).
-        device: where networks run.
-        sizes: image sides.
-        widths: denoiser widths.
-        warmup: untimed batches per measurement.
-        repeats: timed batches per measurement.
-
-    Returns:
-        the rows, measured now or read from the CSV.
-    """
+    """Measures every size x width setting, inference then training, prints the table and returns the rows."""
     commit, dirty = git_commit()
     context = {"commit": commit, "dirty": dirty, "device": device_name(device), "threads": torch.get_num_threads()}
     results = Results(args.out, context)

@@ -32,7 +32,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -42,28 +41,19 @@ from common import (  # noqa: E402 - beside this script
     BUNDLE,
     RESULTS,
     append_row,
-    device_name,
-    git_commit,
+    in_bundle_folder,
     number,
     read_rows,
+    recipe_configs,
     recorded_keys,
+    row_stamp,
 )
 from train_evaluate import TINY  # noqa: E402 - the same smoke-run network
 
 KEY = ("dataset", "seed", "epoch", "split")
 METRICS = ("accuracy", "macro_f1", "auc", "kappa", "balanced_accuracy")
-FIELDS = [
-    "dataset",
-    "recipe",
-    "seed",
-    "epoch",
-    "split",
-    "key_metric_name",
-    *METRICS,
-    *(f"prior_{m}" for m in METRICS),
-    "commit",
-    "device",
-]
+FIELDS = ["dataset", "recipe", "seed", "epoch", "split", "key_metric_name", *METRICS, *(f"prior_{m}" for m in METRICS)]
+FIELDS += ["commit", "device"]
 SUMMARY_FIELDS = [
     "dataset",
     "seed",
@@ -116,22 +106,14 @@ def split_row(metrics: dict) -> dict:
 def train_recording(
     dataset: str, seed: int, run_dir: Path, table: Path, done: set, overrides: dict, stamp: dict, recipe: str
 ) -> int:
-    """Trains one (dataset, seed) with the bundle's workflow and appends a row per joint epoch and split.
-
-    Returns:
-        the epochs completed.
-    """
+    """Trains one (dataset, seed) with the bundle's workflow and appends a row per joint epoch and split; returns
+    the epochs completed."""
     from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
 
-    configs = ["configs/train.yaml", f"configs/data/{dataset}.yaml"] + (
-        ["configs/small.yaml"] if recipe == "small" else []
-    )
-    cwd = os.getcwd()
-    os.chdir(BUNDLE)  # configs and `scripts` resolve from the bundle folder, as on the command line
-    try:
+    with in_bundle_folder():
         workflow = ConfigWorkflow(
-            config_file=configs,
+            config_file=recipe_configs(dataset, recipe),
             workflow_type=None,
             run_id="training",
             logging_file="configs/logging.conf",
@@ -180,8 +162,6 @@ def train_recording(
         trainer.add_event_handler(Events.EPOCH_COMPLETED, record)
         workflow.run()
         workflow.finalize()
-    finally:
-        os.chdir(cwd)
     return trainer.state.epoch
 
 
@@ -296,7 +276,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         overrides = {**(dict(TINY, max_epochs=3) if args.tiny else {}), **dict(parse_override(t) for t in args.set)}
         overrides.pop("tsne_max_images", None)
         work = (args.work or table.with_name(table.stem)).resolve()
-        done, stamp = recorded_keys(table, KEY), {"commit": git_commit()[0], "device": device_name()}
+        done, stamp = recorded_keys(table, KEY), row_stamp()
         for dataset in args.datasets:
             for seed in args.seeds:
                 run_dir = work / f"{dataset}_{args.recipe}_seed{seed}"

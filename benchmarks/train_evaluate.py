@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,11 +28,12 @@ from common import (  # noqa: E402 - beside this script
     BUNDLE,
     RESULTS,
     append_row,
-    device_name,
-    git_commit,
+    in_bundle_folder,
     override_text,
     parse_override,
+    recipe_configs,
     recorded_keys,
+    row_stamp,
     setting_overrides,
 )
 
@@ -50,66 +50,24 @@ TINY = {
     "tsne_max_images": 40,
 }
 KEY = ("dataset", "recipe", "setting", "seed", "variant", "num_samples", "split")  # one evaluation
-FIELDS = [
-    "dataset",
-    "recipe",
-    "setting",
-    "overrides",
-    "epochs",
-    "seed",
-    "variant",
-    "num_samples",
-    "split",
-    "accuracy",
-    "macro_f1",
-    "balanced_accuracy",
-    "auc",
-    "kappa",
-    "ece",
-    "vote_accuracy",
-    "entropy_error_auroc",
-    "accuracy_at_50",
-    "accuracy_at_80",
-    "accuracy_at_90",
-    "auc_tied_pairs",
-    "auc_label_mean",
-    "auc_then_prior",
-    "disagreement_error_auroc",
-    "prior_entropy_error_auroc",
-    "prior_accuracy",
-    "prior_macro_f1",
-    "prior_auc",
-    "prior_kappa",
-    "prior_ece",
-    "prior_global_accuracy",
-    "prior_local_accuracy",
-    "train_seconds",
-    "eval_seconds",
-    "commit",
-    "device",
-]
+FIELDS = ["dataset", "recipe", "setting", "overrides", "epochs", "seed", "variant", "num_samples", "split"]
+FIELDS += ["accuracy", "macro_f1", "balanced_accuracy", "auc", "kappa", "ece", "vote_accuracy", "entropy_error_auroc"]
+FIELDS += ["accuracy_at_50", "accuracy_at_80", "accuracy_at_90", "auc_tied_pairs", "auc_label_mean", "auc_then_prior"]
+FIELDS += ["disagreement_error_auroc", "prior_entropy_error_auroc", "prior_accuracy", "prior_macro_f1", "prior_auc"]
+FIELDS += ["prior_kappa", "prior_ece", "prior_global_accuracy", "prior_local_accuracy", "train_seconds"]
+FIELDS += ["eval_seconds", "commit", "device"]
 
 
 def bundle_run(run_id: str, configs: list[str], time_limit: float | None = None, **overrides) -> tuple[float, int]:
-    """Runs one workflow of the bundle in-process, as ``python -m monai.bundle run`` does.
-
-    Args:
-        run_id: the config's run key.
-        configs: config files relative to the bundle folder.
-        time_limit: for ``training``: seconds after which the trainer stops at the end of an iteration.
-        overrides: config ids and values.
-
-    Returns:
-        the wall time in seconds and, for ``training``, the epochs completed (0 otherwise).
-    """
+    """Runs one workflow of the bundle in-process, as ``python -m monai.bundle run`` does; ``time_limit``: for
+    ``training``, seconds after which the trainer stops at the end of an iteration. Returns the wall time in
+    seconds and, for ``training``, the epochs completed (0 otherwise)."""
     from ignite.engine import Events
     from ignite.handlers import TimeLimit
     from monai.bundle import ConfigWorkflow
 
     start = time.perf_counter()
-    cwd = os.getcwd()
-    os.chdir(BUNDLE)  # configs and `scripts` resolve from the bundle folder, as on the command line
-    try:
+    with in_bundle_folder():
         workflow = ConfigWorkflow(
             config_file=configs, workflow_type=None, run_id=run_id, logging_file="configs/logging.conf", **overrides
         )
@@ -119,8 +77,6 @@ def bundle_run(run_id: str, configs: list[str], time_limit: float | None = None,
             trainer.add_event_handler(Events.ITERATION_COMPLETED, TimeLimit(int(time_limit)))
         workflow.run()
         workflow.finalize()
-    finally:
-        os.chdir(cwd)
     if trainer is None:
         return time.perf_counter() - start, 0
     # completed epochs: a time limit stops the trainer inside an epoch, which state.epoch already counts
@@ -196,11 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     overrides, overrides_text = run_overrides(args)
     sys.path.insert(0, str(BUNDLE))
     out, table = args.out.resolve(), args.out.resolve() / "results.csv"
-    done, stamp = recorded_keys(table, KEY, missing="default"), {"commit": git_commit()[0], "device": device_name()}
+    done, stamp = recorded_keys(table, KEY, missing="default"), row_stamp()
     for dataset in args.datasets:
-        train_configs = ["configs/train.yaml", f"configs/data/{dataset}.yaml"]
-        train_configs += ["configs/small.yaml"] if args.recipe == "small" else []
-        train_configs += args.configs
+        train_configs = recipe_configs(dataset, args.recipe) + args.configs
         for seed in args.seeds:
             setting = "" if args.setting == "default" else f"_{args.setting}"
             run_dir = out / f"{dataset}_{args.recipe}_{args.variant}{setting}_seed{seed}"
