@@ -1,8 +1,9 @@
 """What the denoiser adds to its prior: counterfactual inputs, and what a second view of rho(x) could add at best.
 
 For each trained run (a ``train_evaluate.py`` folder, as ``sampling_steps.py`` reads them), the DCG and the
-encoder run once per image of the validation and test splits; then, with the config's reverse chain and the noise
-evaluation uses (seeded per image id, S = 1):
+encoder run once per image of each split (``--splits``: validation and test; with ``train``, the training images
+through the evaluation transforms: the priors the denoiser learnt from, in-sample); then, with the config's
+reverse chain and the noise evaluation uses (seeded per image id, S = 1):
 
 - ``denoised``: the prediction as evaluation makes it;
 - ``prior_mean_chain``: the deterministic chain from the prior mean (the initial draw set to 0);
@@ -11,8 +12,9 @@ evaluation uses (seeded per image id, S = 1):
 - ``uniform_prior``: the prior replaced by the uniform one (rho(x) kept): what rho(x) alone leads to;
 - ``prior``: the fused DCG prior's argmax.
 
-Each row has the accuracy and macro AUC, and the shares of labels that differ from ``denoised`` and from the
-prior's. On the test
+Each row has the accuracy and macro AUC, the mean probability of the predicted class (``confidence``: a prior
+surer on the training images than on the others is one the denoiser learns to copy), and the shares of labels
+that differ from ``denoised`` and from the prior's. On the test
 split, two logistic regressions fitted on the validation split bound what a linear read-out can add:
 ``stacker_prior`` on log prior alone (a recalibration) and ``stacker_prior_features`` on [log prior, rho(x)]
 (standardised, L2 strength by 5-fold cross-validation of the log loss). The gap between the two is what
@@ -39,7 +41,7 @@ SPLITS = ("validation", "test")
 MEASURES = ("denoised", "prior_mean_chain", "features_swapped", "uniform_prior", "prior")
 STACKERS = ("stacker_prior", "stacker_prior_features")
 COLUMNS = ["dataset", "recipe", "variant", "setting", "seed", "run", "split", "images", "measure"]
-COLUMNS += ["accuracy", "auc", "changed_vs_denoised", "changed_vs_prior", "commit", "device"]
+COLUMNS += ["accuracy", "auc", "changed_vs_denoised", "changed_vs_prior", "commit", "device", "confidence"]
 
 
 def counterfactuals(network, inferer, outputs: dict) -> dict[str, torch.Tensor]:
@@ -77,13 +79,15 @@ def stackers(fit: dict, test: dict, seed: int) -> dict[str, torch.Tensor]:
     return probs
 
 
-def measure_run(run: Run, overrides: dict, device: torch.device, stamp: dict) -> list[dict]:
-    """Every row of one run: the counterfactuals on both splits, the stackers on test."""
+def measure_run(
+    run: Run, overrides: dict, device: torch.device, stamp: dict, splits: Sequence[str] = SPLITS
+) -> list[dict]:
+    """Every row of one run: the counterfactuals on each split, the stackers on test (fitted on validation)."""
     from scripts import metrics
     from scripts.checkpoint import load_weights
 
     rows, outputs, network = [], {}, None
-    for split in SPLITS:
+    for split in splits:
         parser = load_parser(run, split, overrides)
         if network is None:  # one network for both splits: only the data differ
             network = load_weights(parser.get_parsed_content("network_def").to(device), str(run.checkpoint), device)
@@ -93,7 +97,7 @@ def measure_run(run: Run, overrides: dict, device: torch.device, stamp: dict) ->
         with torch.no_grad():
             outputs[split] = backbone_outputs(network, parser.get_parsed_content("validate#dataloader"), device)
             probs = counterfactuals(network, inferer, outputs[split])
-        if split == "test":
+        if split == "test" and "validation" in outputs:
             probs.update(stackers(outputs["validation"], outputs["test"], run.seed))
         labels, denoised = outputs[split]["labels"], probs["denoised"].argmax(1).cpu()
         prior = outputs[split]["prior"].argmax(1).cpu()
@@ -101,6 +105,7 @@ def measure_run(run: Run, overrides: dict, device: torch.device, stamp: dict) ->
             p = p.cpu()
             row = dict(run.columns(), split=split, images=len(labels), measure=measure, **stamp)
             row.update(accuracy=metrics.accuracy(p, labels), auc=metrics.macro_auc(p, labels))
+            row["confidence"] = float(p.max(1).values.mean())
             row["changed_vs_denoised"] = float((p.argmax(1) != denoised).float().mean())
             row["changed_vs_prior"] = float((p.argmax(1) != prior).float().mean())
             rows.append(as_stored(row))
@@ -112,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--runs", nargs="+", type=Path, required=True, help="train_evaluate.py run folders")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=RESULTS / "diagnostics.csv")
+    parser.add_argument("--splits", nargs="+", choices=("train", *SPLITS), default=list(SPLITS))
     parser.add_argument(
         "--set", nargs="+", action="extend", default=[], metavar="ID=VALUE", help="config overrides of the runs"
     )
@@ -123,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         run = Run(path.resolve())
         if run.name in done:  # a run's rows are appended together once it is measured
             continue
-        rows = measure_run(run, overrides, torch.device(args.device), stamp)
+        rows = measure_run(run, overrides, torch.device(args.device), stamp, args.splits)
         for row in rows:
             append_row(args.out, row, COLUMNS)
             print(f"{run.name} {row['split']} {row['measure']}: ACC {row['accuracy']} AUC {row['auc']} "

@@ -488,8 +488,9 @@ def test_sampling_steps_rows_agree_with_the_evaluation_inferer_and_resume(tmp_pa
 
 
 def test_diagnostics_counterfactuals_and_stackers_on_the_tiny_bundle(tmp_path, trained_bundle):
-    """benchmarks/diagnostics.py: every measure on both splits, the stackers on test only, `denoised` equal to the
-    evaluation inferer's S = 1 accuracy, `prior` to the prior's, and a measured run skipped the second time."""
+    """benchmarks/diagnostics.py: every measure on the three splits asked for, the stackers on test only, `denoised`
+    equal to the evaluation inferer's S = 1 accuracy, `prior` to the prior's, and a measured run skipped the second
+    time."""
     from conftest import TINY
 
     script = load_script("diagnostics")
@@ -497,21 +498,23 @@ def test_diagnostics_counterfactuals_and_stackers_on_the_tiny_bundle(tmp_path, t
     run.mkdir()
     (run / "models").symlink_to(trained_bundle["dir"] / "models")
     out = tmp_path / "diagnostics.csv"
-    args = ["--runs", str(run), "--device", "cpu", "--out", str(out), "--set"]
-    args += [f"{k}={v}" for k, v in TINY.items() if k != "seed"]
+    args = ["--runs", str(run), "--device", "cpu", "--out", str(out), "--splits", "train", "validation", "test"]
+    args += ["--set"] + [f"{k}={v}" for k, v in TINY.items() if k != "seed"]
     written = script.main(args)
     rows = read_rows(out)
     assert rows == written and list(rows[0]) == script.COLUMNS
-    expected = {(split, m) for split in script.SPLITS for m in script.MEASURES}
+    expected = {(split, m) for split in ("train", *script.SPLITS) for m in script.MEASURES}
     expected |= {("test", m) for m in script.STACKERS}
     assert sorted((r["split"], r["measure"]) for r in rows) == sorted(expected)
     by = {(r["split"], r["measure"]): r for r in rows}
     assert {r["images"] for r in rows if r["split"] == "test"} == {"156"}
+    assert {r["images"] for r in rows if r["split"] == "train"} == {"546"}  # the training images, in-sample
     assert by[("test", "denoised")]["changed_vs_denoised"] == "0"
     assert by[("test", "prior")]["changed_vs_prior"] == "0"
     for row in rows:
         assert 0.0 <= float(row["accuracy"]) <= 1.0 and 0.0 <= float(row["changed_vs_denoised"]) <= 1.0
         assert 0.0 <= float(row["changed_vs_prior"]) <= 1.0
+        assert 0.5 - 1e-6 <= float(row["confidence"]) <= 1.0  # the mean top probability of 2 classes
     # the same numbers as `run evaluating` of the session's bundle (S = 1, the config's sampler)
     evaluated = script.load_parser(script.Run(run), "test", dict(TINY))
     from scripts.checkpoint import load_weights
