@@ -10,7 +10,9 @@ reverse chain and the noise evaluation uses (seeded per image id, S = 1):
 - ``features_swapped``: each image's rho(x) replaced by the next image's (its own prior kept): the labels
   that change are those rho(x) decides;
 - ``uniform_prior``: the prior replaced by the uniform one (rho(x) kept): what rho(x) alone leads to;
-- ``prior``: the fused DCG prior's argmax.
+- ``prior``: the fused DCG prior's argmax;
+- ``prior_out_of_fold`` (training images of a ``prior_folds`` run only): each image's fused prior from the DCG
+  copy that did not train on it (the latest checkpoint's copies): the priors cross-fitting conditions on.
 
 Each row has the accuracy and macro AUC, the mean probability of the predicted class (``confidence``: a prior
 surer on the training images than on the others is one the denoiser learns to copy), and the shares of labels
@@ -57,6 +59,28 @@ def counterfactuals(network, inferer, outputs: dict) -> dict[str, torch.Tensor]:
     }
 
 
+@torch.no_grad()
+def out_of_fold_priors(run: Run, parser, network, device: torch.device) -> torch.Tensor | None:
+    """The training images' fused priors from the DCG copies of a cross-fitted run (``prior_folds``, kept in the
+    latest checkpoint), each from the copy that did not train on the image; None for a run without copies."""
+    from scripts.crossfit import FoldGuidance
+
+    latest = sorted(run.path.glob("models/latest_checkpoint_epoch=*.pt"), key=lambda p: p.stat().st_mtime)
+    state = torch.load(latest[-1], map_location=device, weights_only=True).get("fold_guidance") if latest else None
+    if not state:
+        return None
+    folds = len({key.split(".")[1] for key in state if key.startswith("copies.")})
+    guidance = FoldGuidance(network.dcg, folds, parser.get_parsed_content("datalists")["train"], run.seed)
+    guidance.load_state_dict(state)
+    guidance.to(device)
+    priors = []
+    for batch in parser.get_parsed_content("validate#dataloader"):
+        images = batch["image"].to(device)
+        folds_of = guidance.folds([str(i) for i in batch["id"]], device)
+        priors.append(guidance.priors(images, folds_of, lambda dcg, x: dcg(x))["fused"])
+    return torch.cat(priors)
+
+
 def stackers(fit: dict, test: dict, seed: int) -> dict[str, torch.Tensor]:
     """Test-split class probabilities of the two logistic read-outs fitted on ``fit`` (the validation split)."""
     from sklearn.linear_model import LogisticRegressionCV
@@ -97,6 +121,8 @@ def measure_run(
         with torch.no_grad():
             outputs[split] = backbone_outputs(network, parser.get_parsed_content("validate#dataloader"), device)
             probs = counterfactuals(network, inferer, outputs[split])
+        if split == "train" and (out_of_fold := out_of_fold_priors(run, parser, network, device)) is not None:
+            probs["prior_out_of_fold"] = out_of_fold
         if split == "test" and "validation" in outputs:
             probs.update(stackers(outputs["validation"], outputs["test"], run.seed))
         labels, denoised = outputs[split]["labels"], probs["denoised"].argmax(1).cpu()
