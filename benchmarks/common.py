@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,32 @@ def as_stored(row: dict[str, Any]) -> dict[str, str]:
     return {c: number(v) if isinstance(v, float) else str(v) for c, v in row.items()}
 
 
+class Timings:
+    """The resumable CSV of a timing script (speed.py, preprocessing.py): a measurement is found by its ``key``
+    columns, else appended with the date; ``context``: the columns every row of this run shares."""
+
+    def __init__(self, path: Path, columns: Sequence[str], key: Sequence[str], context: dict[str, Any]) -> None:
+        self.path, self.columns, self.key, self.context = path, list(columns), tuple(key), context
+        self.rows = recorded_rows(path, columns)
+
+    def identity(self, row: dict[str, Any]) -> tuple[str, ...]:
+        """The values of the key columns, as strings (as the CSV reads back)."""
+        full = {**self.context, **row}
+        return tuple(str(full[k]) for k in self.key)
+
+    def find(self, row: dict[str, Any]) -> dict[str, str] | None:
+        """An earlier row of the same measurement, if any."""
+        identity = self.identity(row)
+        return next((r for r in self.rows if self.identity(r) == identity), None)
+
+    def add(self, row: dict[str, Any]) -> dict[str, str]:
+        """Writes one row (context and date filled in, floats at six digits); returns it as the CSV holds it."""
+        full = {c: "" for c in self.columns} | self.context | {"date": datetime.now(UTC).isoformat(timespec="seconds")}
+        stored = append_row(self.path, full | as_stored(row), self.columns, lineterminator="\n")
+        self.rows.append(stored)
+        return stored
+
+
 # ---------------------------------------------------------------- the stamp of a row
 
 
@@ -138,6 +165,21 @@ def device_name(device: Any = None) -> str:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{model} ({cores} cores)"
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``threads`` (None: left as they are) for the block, and restored after: a
+    script's ``main`` may run inside another program (the tests)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def row_stamp() -> dict[str, str]:

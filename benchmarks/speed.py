@@ -23,14 +23,13 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "bundle"), str(Path(__file__).resolve().parent)]
-from common import BUNDLE, RESULTS, append_row, as_stored, device_name, git_commit, recorded_rows  # noqa: E402
+from common import BUNDLE, RESULTS, Timings, device_name, git_commit, torch_threads  # noqa: E402
 
 if TYPE_CHECKING:
     from monai.bundle import ConfigParser
@@ -243,37 +242,6 @@ def peak_memory(device: torch.device) -> float:
     return peak_rss_mb()
 
 
-# ---------------------------------------------------------------- the CSV
-
-
-class Results:
-    """The CSV of measurements (created with its header at the first row): earlier rows are read for resuming,
-    new ones appended one whole line at a time; ``context``: the columns every row of this run shares."""
-
-    def __init__(self, path: Path, context: dict[str, Any]) -> None:
-        self.path = path
-        self.context = context
-        self.rows = recorded_rows(path, COLUMNS)
-
-    def key(self, row: dict[str, Any]) -> tuple[str, ...]:
-        """The identity of a measurement, as strings (as the CSV reads back)."""
-        full = {**self.context, **row}
-        return tuple(str(full[k]) for k in KEY)
-
-    def find(self, row: dict[str, Any]) -> dict[str, str] | None:
-        """An earlier row of the same measurement, commit and device, if any."""
-        key = self.key(row)
-        return next((r for r in self.rows if self.key(r) == key), None)
-
-    def add(self, row: dict[str, Any]) -> dict[str, str]:
-        """Writes one row (context columns filled in) and returns it as the CSV holds it."""
-        full = {c: "" for c in COLUMNS} | self.context | {"date": datetime.now(UTC).isoformat(timespec="seconds")}
-        full |= as_stored(row)
-        stored = append_row(self.path, full, COLUMNS, lineterminator="\n")
-        self.rows.append(stored)
-        return stored
-
-
 # ---------------------------------------------------------------- measurements
 
 
@@ -281,7 +249,7 @@ class Benchmark:
     """Runs the measurements of a grid of settings and records them: the median of ``repeats`` timed batches
     after ``warmup`` untimed ones."""
 
-    def __init__(self, results: Results, device: torch.device, warmup: int, repeats: int) -> None:
+    def __init__(self, results: Timings, device: torch.device, warmup: int, repeats: int) -> None:
         self.results = results
         self.device = device
         self.warmup = warmup
@@ -540,16 +508,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, str]]:
     widths = args.widths or sorted({int(recipe_values(r)["width"]) for r in RECIPES})
     repeats = args.repeats or (10 if device.type == "cuda" else 3)
     warmup = (3 if device.type == "cuda" else 1) if args.warmup is None else args.warmup
-    threads = torch.get_num_threads()
-    if args.threads:  # restored on return: main may run inside another program (the tests)
-        torch.set_num_threads(args.threads)
-    gc.collect()
-    gc.freeze()  # the imported modules' objects stay out of the collections between measurements (seconds each)
-    try:
-        return run_grid(args, device, sizes, widths, warmup, repeats)
-    finally:
-        gc.unfreeze()
-        torch.set_num_threads(threads)
+    with torch_threads(args.threads):
+        gc.collect()
+        gc.freeze()  # the imported modules' objects stay out of the collections between measurements (seconds each)
+        try:
+            return run_grid(args, device, sizes, widths, warmup, repeats)
+        finally:
+            gc.unfreeze()
 
 
 def run_grid(
@@ -558,7 +523,7 @@ def run_grid(
     """Measures every size x width setting, inference then training, prints the table and returns the rows."""
     commit, dirty = git_commit()
     context = {"commit": commit, "dirty": dirty, "device": device_name(device), "threads": torch.get_num_threads()}
-    results = Results(args.out, context)
+    results = Timings(args.out, COLUMNS, KEY, context)
     bench = Benchmark(results, device, warmup, repeats)
     print(f"{context['device']}, {context['threads']} threads, commit {commit}{' (dirty)' if dirty else ''}")
     print(f"writing {args.out}", flush=True)
