@@ -17,7 +17,6 @@ any evaluation (their curves show how far training got).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import gzip
 import os
@@ -27,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, read_rows, write_whole  # noqa: E402 - beside this script
+from common import RESULTS, read_rows, script_parser, write_whole  # noqa: E402 - beside this script
 
 KEY = ("dataset", "recipe", "setting", "seed", "variant", "num_samples", "split")  # train_evaluate.py's key
 RUN_DIR = re.compile(  # <dataset>_<recipe>_<variant>[_<setting>]_seed<S>, as train_evaluate.py names run folders
@@ -203,7 +202,7 @@ def collect(folders: Sequence[Path], name: str, results: Path, commit: str | Non
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--runs", nargs="+", type=Path, required=True, help="train_evaluate.py output folders")
     parser.add_argument("--name", required=True, help="stem of the CSVs, e.g. ablation_h200")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the CSVs go")

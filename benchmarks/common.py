@@ -6,6 +6,7 @@ benchmarks/ is not a package: each script puts this folder on ``sys.path`` befor
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import gzip
@@ -185,6 +186,27 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 def row_stamp() -> dict[str, str]:
     """The ``commit`` and ``device`` columns of a row: the code and the machine that measured it."""
     return {"commit": git_commit()[0], "device": device_name()}
+
+
+# ---------------------------------------------------------------- command lines
+
+# the options several scripts take alike: the run folders measured; the datasets, seeds and recipe trained; --set
+SHARED_ARGUMENTS: dict[str, dict[str, Any]] = {
+    "--runs": dict(nargs="+", type=Path, required=True, help="train_evaluate.py run folders"),
+    "--datasets": dict(nargs="+", default=["breastmnist", "retinamnist"]),
+    "--seeds": dict(nargs="+", type=int, default=[0]),
+    "--recipe": dict(choices=["small", "paper"], default="small", help="small: merge small.yaml"),
+    "--set": dict(nargs="+", action="extend", default=[], metavar="ID=VALUE", help="config overrides of every run"),
+}
+
+
+def script_parser(doc: str, *shared: str) -> argparse.ArgumentParser:
+    """A script's command line: its docstring as the description (the usage examples keep their lines) and the
+    ``shared`` options of ``SHARED_ARGUMENTS`` named."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in shared:
+        parser.add_argument(name, **SHARED_ARGUMENTS[name])
+    return parser
 
 
 # ---------------------------------------------------------------- the bundle's configs, overrides and named settings

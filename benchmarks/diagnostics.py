@@ -23,7 +23,6 @@ rho(x) carries that the prior lacks, as far as a linear model on the validation 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "bundle"), str(Path(__file__).resolve().parent)]
-from common import RESULTS, append_row, as_stored, parse_override, recorded_keys, row_stamp  # noqa: E402
+from common import RESULTS, append_row, as_stored, parse_override, recorded_keys, row_stamp, script_parser  # noqa: E402
 from sampling_steps import Run, backbone_outputs, load_parser, sample_probabilities  # noqa: E402
 
 SPLITS = ("validation", "test")
@@ -108,13 +107,9 @@ def measure_run(run: Run, overrides: dict, device: torch.device, stamp: dict) ->
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", nargs="+", type=Path, required=True, help="train_evaluate.py run folders")
+    parser = script_parser(__doc__, "--runs", "--set")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=RESULTS / "diagnostics.csv")
-    parser.add_argument(
-        "--set", nargs="+", action="extend", default=[], metavar="ID=VALUE", help="config overrides of the runs"
-    )
     args = parser.parse_args(argv)
     overrides = dict(parse_override(text) for text in args.set)
     stamp, written = row_stamp(), []

@@ -15,7 +15,6 @@ Running it twice changes nothing:
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import re
@@ -28,7 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, read_rows, write_whole  # noqa: E402 - beside this script
+from common import REPO, RESULTS, read_rows, script_parser, write_whole  # noqa: E402 - beside this script
 
 DOCS = REPO / "bundle" / "docs"
 HISTORY = "benchmarks_history.md"
@@ -1156,7 +1155,7 @@ def fill(page: str, text: str, sections: Sequence[Section], load: Callable[..., 
 
 
 def main(argv: list[str] | None = None) -> dict[str, str]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--docs", type=Path, default=DOCS, help="the folder of the pages; figures in its images/")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)

@@ -40,6 +40,7 @@ from common import (  # noqa: E402 - beside this script
     recipe_configs,
     recorded_keys,
     row_stamp,
+    script_parser,
 )
 
 RUN_NAME = re.compile(r"(?P<dataset>[a-z0-9]+)_(?P<recipe>small|paper)_(?P<variant>C1|C2|full)(?:_(?P<setting>.+))?")
@@ -189,8 +190,7 @@ def measure_run(run: Run, split: str, args: argparse.Namespace, done: set, stamp
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", nargs="+", type=Path, required=True, help="train_evaluate.py run folders")
+    parser = script_parser(__doc__, "--runs", "--set")
     parser.add_argument("--splits", nargs="+", default=["test"])
     parser.add_argument("--steps", nargs="+", type=int, help=f"DDIM steps besides T (default {STEPS})")
     parser.add_argument("--samples", nargs="+", type=int, default=[1, 10])
@@ -198,9 +198,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=RESULTS / "sampling_steps.csv")
     parser.add_argument("--tiny", action="store_true", help="a smoke run: K in 1 2 5 and T, S=1 and 2, no DDPM")
-    parser.add_argument(
-        "--set", nargs="+", action="extend", default=[], metavar="ID=VALUE", help="config overrides of the runs"
-    )
     args = parser.parse_args(argv)
     args.overrides = dict(parse_override(text) for text in args.set)
     if args.tiny:

@@ -43,10 +43,12 @@ from common import (  # noqa: E402 - beside this script
     append_row,
     in_bundle_folder,
     number,
+    parse_override,
     read_rows,
     recipe_configs,
     recorded_keys,
     row_stamp,
+    script_parser,
 )
 from train_evaluate import TINY  # noqa: E402 - the same smoke-run network
 
@@ -252,16 +254,12 @@ def write_summary(table: Path, summary_path: Path) -> list[dict]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=["breastmnist", "retinamnist"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--recipe", choices=["small", "paper"], default="small", help="small: merge small.yaml")
+    parser = script_parser(__doc__, "--datasets", "--seeds", "--recipe", "--set")
     parser.add_argument("--out", type=Path, default=RESULTS / "test_selection_cpu.csv", help="the per-epoch rows")
     parser.add_argument("--summary", type=Path, help="default: <out>_summary.csv")
     parser.add_argument("--work", type=Path, help="run folders (models, TensorBoard); default: beside --out")
     parser.add_argument("--summarize", action="store_true", help="only summarize --out (no training)")
     parser.add_argument("--tiny", action="store_true", help="a smoke run: 1 warm-up and 2 joint epochs, tiny widths")
-    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="ID=VALUE", help="config overrides")
     return parser.parse_args(argv)
 
 
@@ -270,8 +268,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     table = args.out.resolve()
     summary_path = (args.summary or table.with_name(table.stem + "_summary.csv")).resolve()
     if not args.summarize:
-        from common import parse_override
-
         sys.path.insert(0, str(BUNDLE))
         overrides = {**(dict(TINY, max_epochs=3) if args.tiny else {}), **dict(parse_override(t) for t in args.set)}
         overrides.pop("tsne_max_images", None)

@@ -34,6 +34,7 @@ from common import (  # noqa: E402 - beside this script
     recipe_configs,
     recorded_keys,
     row_stamp,
+    script_parser,
     setting_overrides,
 )
 
@@ -119,11 +120,8 @@ def run_overrides(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=["breastmnist", "retinamnist"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser = script_parser(__doc__, "--datasets", "--seeds", "--recipe", "--set")
     parser.add_argument("--variant", default="full")
-    parser.add_argument("--recipe", choices=["small", "paper"], default="small", help="small: merge small.yaml")
     parser.add_argument("--train-seconds", type=int, help="stop each training after this many seconds")
     parser.add_argument("--samples", nargs="+", type=int, default=[1, 10], help="num_samples of each evaluation")
     parser.add_argument(
@@ -141,9 +139,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-tsne", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="a smoke run: 2 epochs of a tiny network, 40 t-SNE images")
-    parser.add_argument(
-        "--set", nargs="+", action="extend", default=[], metavar="ID=VALUE", help="config overrides of every run"
-    )
     return parser.parse_args(argv)
 
 
