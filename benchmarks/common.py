@@ -13,6 +13,7 @@ import gzip
 import io
 import json
 import os
+import re
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -23,6 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
 RESULTS = REPO / "benchmarks" / "results"
 SETTINGS = REPO / "benchmarks" / "settings"  # <name>.yaml: the config overrides of train_evaluate.py --setting <name>
+RUN_FOLDER = re.compile(  # how train_evaluate.py names a run's folder; collect.py and the measuring scripts read it
+    r"^(?P<dataset>[^_]+)_(?P<recipe>small|paper)_(?P<variant>[^_]+)(?:_(?P<setting>.+))?_seed(?P<seed>\d+)$"
+)
 
 
 # ---------------------------------------------------------------- CSVs
@@ -220,6 +224,18 @@ def recipe_configs(dataset: str, recipe: str) -> list[str]:
         f"configs/data/{dataset}.yaml",
         *(["configs/small.yaml"] if recipe == "small" else []),
     ]
+
+
+def run_folder(dataset: str, recipe: str, variant: str, setting: str, seed: int | str) -> str:
+    """``<dataset>_<recipe>_<variant>[_<setting>]_seed<S>``: the name of a run's folder (no setting for ``default``)."""
+    return f"{dataset}_{recipe}_{variant}{'' if setting == 'default' else f'_{setting}'}_seed{seed}"
+
+
+def run_fields(name: str) -> dict[str, str] | None:
+    """What a run folder's name says (dataset, recipe, variant, setting: ``default`` where it has none, seed), or
+    None for a name ``run_folder`` does not give."""
+    match = RUN_FOLDER.match(name)
+    return None if match is None else {k: v or "default" for k, v in match.groupdict().items()}
 
 
 @contextlib.contextmanager

@@ -22,7 +22,6 @@ excluded). Rows already in the file are skipped, so an interrupted run resumes.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -40,12 +39,13 @@ from common import (  # noqa: E402 - beside this script
     recipe_configs,
     recorded_keys,
     row_stamp,
+    run_fields,
     script_parser,
 )
 
-RUN_NAME = re.compile(r"(?P<dataset>[a-z0-9]+)_(?P<recipe>small|paper)_(?P<variant>C1|C2|full)(?:_(?P<setting>.+))?")
 STEPS = (1, 2, 5, 10, 20, 50, 100)  # and T, the full chain
 TINY_STEPS = (1, 2, 5)  # and T
+RUN_FIELDS = ("dataset", "recipe", "variant", "setting")  # what a row says of its run, and its seed and folder
 KEY = ("run", "split", "sampler", "steps", "samples", "start")
 COLUMNS = ["dataset", "recipe", "variant", "setting", "seed", "run", "split", "images", "sampler", "steps", "samples"]
 COLUMNS += ["start", "accuracy", "macro_f1", "auc", "agreement_full_chain", "prior_accuracy", "prior_macro_f1"]
@@ -60,21 +60,18 @@ class Run:
     """
 
     def __init__(self, path: Path) -> None:
-        name, _, seed = path.name.rpartition("_seed")
-        match = RUN_NAME.fullmatch(name)
-        if not match or not seed.isdigit():
+        fields = run_fields(path.name)
+        if fields is None or fields["variant"] == "basic":  # basic has no reverse chain
             raise ValueError(f"{path}: not a train_evaluate.py run folder (<dataset>_<recipe>_<variant>_seed<S>)")
-        self.path, self.name, self.seed = path, path.name, int(seed)
-        self.dataset, self.recipe, self.variant = match["dataset"], match["recipe"], match["variant"]
-        self.setting = match["setting"] or "default"
+        self.path, self.name, self.seed = path, path.name, int(fields["seed"])
+        self.dataset, self.recipe, self.variant, self.setting = (fields[k] for k in RUN_FIELDS)
         self.checkpoint = path / "models" / "model.pt"
         if not self.checkpoint.is_file():
             raise FileNotFoundError(f"{path}: no models/model.pt (training unfinished or failed?)")
 
     def columns(self) -> dict[str, object]:
         """What a row says of its run."""
-        names = dict(dataset=self.dataset, recipe=self.recipe, variant=self.variant, setting=self.setting)
-        return names | {"seed": self.seed, "run": self.name}
+        return {k: getattr(self, k) for k in RUN_FIELDS} | {"seed": self.seed, "run": self.name}
 
     def configs(self) -> list[str]:
         """The config files the run was trained with, then evaluate.yaml (relative to the bundle folder)."""

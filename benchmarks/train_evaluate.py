@@ -34,6 +34,7 @@ from common import (  # noqa: E402 - beside this script
     recipe_configs,
     recorded_keys,
     row_stamp,
+    run_folder,
     script_parser,
     setting_overrides,
 )
@@ -151,8 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     for dataset in args.datasets:
         train_configs = recipe_configs(dataset, args.recipe) + args.configs
         for seed in args.seeds:
-            setting = "" if args.setting == "default" else f"_{args.setting}"
-            run_dir = out / f"{dataset}_{args.recipe}_{args.variant}{setting}_seed{seed}"
+            run_dir = out / run_folder(dataset, args.recipe, args.variant, args.setting, seed)
             common = dict(overrides, seed=seed, variant=args.variant, model_dir=str(run_dir / "models"))
             marker = run_dir / "trained.json"  # written once training has finished: a killed run trains again
             if not marker.is_file():
