@@ -17,16 +17,13 @@ any evaluation (their curves show how far training got).
 
 from __future__ import annotations
 
-import csv
-import gzip
-import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, read_rows, run_fields, script_parser, write_whole  # noqa: E402 - beside this script
+from common import RESULTS, read_rows, run_fields, script_parser, write_csv  # noqa: E402 - beside this script
 
 KEY = ("dataset", "recipe", "setting", "seed", "variant", "num_samples", "split")  # train_evaluate.py's key
 EVAL_DIR = re.compile(r"^(?P<split>[a-z]+)_samples(?P<num_samples>\d+)$")
@@ -154,21 +151,6 @@ def curve_rows(runs: Sequence[tuple[Path, dict[str, str]]]) -> list[dict[str, st
                     latest[key] = (wall_time, row)
     rows = [row for _, row in latest.values()]
     return sorted(rows, key=lambda r: sort_key(r, [*RUN_FIELDS, "tag", "epoch"]))
-
-
-def write_csv(path: Path, rows: Sequence[dict[str, str]], fields: Sequence[str]) -> None:
-    """Writes the rows (a column a row lacks left blank) whole: readers never see half a file."""
-
-    def write(partial: Path) -> None:
-        opener = gzip.open if path.suffix == ".gz" else open  # the per-image rows are compressed: a large table
-        with opener(partial, "wt", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(fields), restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-        with open(partial, "rb") as f:
-            os.fsync(f.fileno())
-
-    write_whole(path, write)
 
 
 def collect(folders: Sequence[Path], name: str, results: Path, commit: str | None = None) -> dict[str, Path]:

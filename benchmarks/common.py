@@ -100,6 +100,26 @@ def write_whole(path: Path, write: Callable[[Path], None]) -> None:
     partial.replace(path)
 
 
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> None:
+    """Writes the rows (a column a row lacks left blank) whole, gzip-compressed for a name ending in ``.gz``."""
+
+    def write(partial: Path) -> None:
+        with (gzip.open if path.suffix == ".gz" else open)(partial, "wt", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(fields), restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        with open(partial, "rb") as f:
+            os.fsync(f.fileno())
+
+    write_whole(path, write)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: int = 0) -> str:
+    """A markdown table of text cells; its last ``numeric`` columns right-aligned."""
+    rule = ["---"] * (len(header) - numeric) + ["---:"] * numeric
+    return "\n".join("| " + " | ".join(line) + " |" for line in [header, rule, *rows])
+
+
 def number(value: float) -> str:
     """A float as the CSVs hold it: six significant digits."""
     return f"{value:.6g}"

@@ -27,7 +27,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, read_rows, script_parser, write_whole  # noqa: E402 - beside this script
+from common import REPO, RESULTS, read_rows, script_parser, write_whole
+from common import markdown_table as markdown  # noqa: E402 - beside this script
 
 DOCS = REPO / "bundle" / "docs"
 HISTORY = "benchmarks_history.md"
@@ -131,11 +132,6 @@ class Evaluation(NamedTuple):
 EvaluationKey = tuple[str, str, str, str, str, str]  # dataset, setting, variant, seed, num_samples, split
 Runs = dict[EvaluationKey, Evaluation]
 Rows = list[dict[str, str]]  # of a CSV
-
-
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def f3(text: str) -> str:
