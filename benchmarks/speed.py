@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import os
 import resource
 import statistics
 import sys
@@ -186,21 +185,13 @@ def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int
     return times
 
 
-def rss_mb() -> float:
-    """The current resident memory of this process in MiB (the peak so far where /proc is missing)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MIB
-    except (OSError, ValueError, IndexError):
-        return peak_rss_mb()
-
-
-def peak_rss_mb() -> float:
-    """The resident-memory high-water mark in MiB: VmHWM where /proc has it, else ru_maxrss."""
+def resident_mb(field: str) -> float:
+    """``VmRSS`` (the resident memory now) or ``VmHWM`` (its high-water mark) of this process in MiB; the peak by
+    ru_maxrss where /proc is missing."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
         pass
@@ -232,14 +223,14 @@ def reset_peak_memory(device: torch.device) -> tuple[float, str]:
         method = "peak RSS (ru_maxrss/VmHWM) reset per measurement"
     except OSError:
         method = "peak RSS (ru_maxrss) process-wide; basic measured first"
-    return rss_mb(), method
+    return resident_mb("VmRSS"), method
 
 
 def peak_memory(device: torch.device) -> float:
     """The peak memory in MiB since :func:`reset_peak_memory`."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / MIB
-    return peak_rss_mb()
+    return resident_mb("VmHWM")
 
 
 # ---------------------------------------------------------------- measurements
@@ -289,12 +280,12 @@ class Benchmark:
         self.rows.append(row)
         return row
 
-    def timer(self, fn: Callable[[], Any]) -> Callable[[], list[float]]:
-        """A measurement call that times ``fn`` (under no_grad) with this benchmark's warm-up and repeats."""
+    def timer(self, fn: Callable[..., Any], *args: Any) -> Callable[[], list[float]]:
+        """A measurement call that times ``fn(*args)`` (under no_grad) with this benchmark's warm-up and repeats."""
 
         def run() -> list[float]:
             with torch.no_grad():
-                return timed(fn, self.device, self.warmup, self.repeats)
+                return timed(lambda: fn(*args), self.device, self.warmup, self.repeats)
 
         return run
 
@@ -316,13 +307,9 @@ class Benchmark:
             return full[0]
 
         def predict(variant: str, samples: int) -> Callable[[], list[float]]:
-            net = network(variant)
-            inferer = DiffMICInferer(seed=info["seed"], num_samples=samples)
-            return self.timer(lambda: inferer.outputs(images, net, ids))
-
-        def dcg() -> Callable[[], list[float]]:
-            net = network("full")
-            return self.timer(lambda: net.prior(images))
+            return self.timer(
+                DiffMICInferer(seed=info["seed"], num_samples=samples).outputs, images, network(variant), ids
+            )
 
         def backbones() -> Callable[[], list[float]]:
             net = network("full")
@@ -336,13 +323,13 @@ class Benchmark:
             y = torch.randn(rows, columns["num_classes"], generator=generator).to(self.device)
             prior = torch.softmax(torch.randn(rows, columns["num_classes"], generator=generator), 1).to(self.device)
             t = torch.full((rows,), net.diffusion.num_train_timesteps - 1, dtype=torch.long, device=self.device)
-            return self.timer(lambda: net.denoise(features, y, prior, t))
+            return self.timer(net.denoise, features, y, prior, t)
 
         def ids_of(measurement: str, steps: int = 0, samples: int = 0) -> dict[str, Any]:
             return {**columns, "measurement": measurement, "steps": steps, "samples": samples}
 
         basic = self.measure(ids_of("infer_basic", samples=1), lambda: predict("basic", 1))
-        self.measure(ids_of("infer_dcg"), dcg, basic)
+        self.measure(ids_of("infer_dcg"), lambda: self.timer(network("full").prior, images), basic)
         chains = {}
         for samples in SAMPLES:
             chains[samples] = self.measure(
