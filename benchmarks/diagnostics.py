@@ -79,14 +79,12 @@ def stackers(fit: dict, test: dict, seed: int) -> dict[str, torch.Tensor]:
 def measure_run(run: Run, overrides: dict, device: torch.device, stamp: dict) -> list[dict]:
     """Every row of one run: the counterfactuals on both splits, the stackers on test."""
     from scripts import metrics
-    from scripts.checkpoint import load_weights
 
     rows, outputs, network = [], {}, None
     for split in SPLITS:
         parser = load_parser(run, split, overrides)
         if network is None:  # one network for both splits: only the data differ
-            network = load_weights(parser.get_parsed_content("network_def").to(device), str(run.checkpoint), device)
-            network.eval()
+            network = run.network(parser, device)
         inferer = parser.get_parsed_content("validate#inferer")
         inferer.num_samples = 1
         with torch.no_grad():

@@ -73,6 +73,12 @@ class Run:
         """What a row says of its run."""
         return {k: getattr(self, k) for k in RUN_FIELDS} | {"seed": self.seed, "run": self.name}
 
+    def network(self, parser, device: torch.device) -> torch.nn.Module:
+        """The network of ``parser``'s config with this run's trained weights, on ``device``, in eval mode."""
+        from scripts.checkpoint import load_weights
+
+        return load_weights(parser.get_parsed_content("network_def").to(device), str(self.checkpoint), device).eval()
+
     def configs(self) -> list[str]:
         """The config files the run was trained with, then evaluate.yaml (relative to the bundle folder)."""
         return [*recipe_configs(self.dataset, self.recipe), "configs/evaluate.yaml"]
@@ -136,7 +142,6 @@ def settings(steps: Sequence[int], samples: Sequence[int], ddpm: bool, total: in
 def measure_run(run: Run, split: str, args: argparse.Namespace, done: set, stamp: dict) -> list[dict]:
     """Every missing row of one run and split; returns the rows written."""
     from scripts import metrics
-    from scripts.checkpoint import load_weights
     from scripts.inferer import DiffMICInferer
 
     parser = load_parser(run, split, args.overrides)
@@ -146,9 +151,7 @@ def measure_run(run: Run, split: str, args: argparse.Namespace, done: set, stamp
     if not missing:  # (S, start) groups with a row to write: each needs its full chain as reference
         return []
     device = torch.device(args.device)
-    network = parser.get_parsed_content("network_def").to(device)
-    load_weights(network, str(run.checkpoint), device)
-    network.eval()
+    network = run.network(parser, device)
     begin = time.perf_counter()
     outputs = backbone_outputs(network, parser.get_parsed_content("validate#dataloader"), device)
     backbone_seconds = time.perf_counter() - begin

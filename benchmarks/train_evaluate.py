@@ -179,10 +179,10 @@ def main(argv: list[str] | None = None) -> None:
                     eval_split=split,
                     **common,
                 )
-                report = json.loads((eval_dir / "metrics.json").read_text())
-                row.update(eval_seconds=round(seconds, 1), **train, **stamp, **metrics_row(report))
+                metrics = metrics_row(json.loads((eval_dir / "metrics.json").read_text()))
+                row.update(eval_seconds=round(seconds, 1), **train, **stamp, **metrics)
                 append_row(table, row, FIELDS)
-                print(f"{dataset} seed {seed} {split} samples {samples}: {json.dumps(metrics_row(report))}", flush=True)
+                print(f"{dataset} seed {seed} {split} samples {samples}: {json.dumps(metrics)}", flush=True)
             tsne = not args.no_tsne and args.variant != "basic"  # basic has no reverse chain to draw
             if tsne and not (run_dir / "tsne" / "tsne.png").is_file():
                 bundle_run(
