@@ -17,22 +17,15 @@ any evaluation (their curves show how far training got).
 
 from __future__ import annotations
 
-import argparse
-import csv
-import gzip
-import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, read_rows, write_whole  # noqa: E402 - beside this script
+from common import RESULTS, read_rows, run_fields, script_parser, write_csv  # noqa: E402 - beside this script
 
 KEY = ("dataset", "recipe", "setting", "seed", "variant", "num_samples", "split")  # train_evaluate.py's key
-RUN_DIR = re.compile(  # <dataset>_<recipe>_<variant>[_<setting>]_seed<S>, as train_evaluate.py names run folders
-    r"^(?P<dataset>[^_]+)_(?P<recipe>small|paper)_(?P<variant>[^_]+)(?:_(?P<setting>.+))?_seed(?P<seed>\d+)$"
-)
 EVAL_DIR = re.compile(r"^(?P<split>[a-z]+)_samples(?P<num_samples>\d+)$")
 RUN_FIELDS = ["dataset", "recipe", "setting", "variant", "seed"]
 PREDICTION_FIELDS = [*RUN_FIELDS, "num_samples", "split", "id", "true_label", "predicted_label", "prior_label"]
@@ -42,25 +35,15 @@ ITERATION_TAG_PREFIXES = ("loss", "lr_")
 CLASS_PREFIXES = ("prob_", "prior_prob_", "label_mean_")  # the per-class columns of a predictions.csv
 
 
-def run_info(run_dir: Path) -> dict[str, str] | None:
-    """The ``RUN_FIELDS`` a run folder's name encodes (setting ``default`` when the name has none), or None for a
-    name train_evaluate.py does not give."""
-    match = RUN_DIR.match(run_dir.name)
-    if match is None:
-        return None
-    info = match.groupdict()
-    return {k: info[k] or "default" for k in RUN_FIELDS}
-
-
 def run_dirs(folders: Sequence[Path]) -> list[tuple[Path, dict[str, str]]]:
-    """(run folder, ``run_info``) of the run folders inside train_evaluate.py ``--out`` folders, in the order of
-    ``folders`` and then of the names."""
+    """(run folder, its ``RUN_FIELDS``) of the run folders inside train_evaluate.py ``--out`` folders, in the order
+    of ``folders`` and then of the names."""
     found = []
     for folder in folders:
         for path in sorted(p for p in folder.iterdir() if p.is_dir()):
-            info = run_info(path)
-            if info is not None:
-                found.append((path, info))
+            fields = run_fields(path.name)
+            if fields is not None:
+                found.append((path, {k: fields[k] for k in RUN_FIELDS}))
     return found
 
 
@@ -170,21 +153,6 @@ def curve_rows(runs: Sequence[tuple[Path, dict[str, str]]]) -> list[dict[str, st
     return sorted(rows, key=lambda r: sort_key(r, [*RUN_FIELDS, "tag", "epoch"]))
 
 
-def write_csv(path: Path, rows: Sequence[dict[str, str]], fields: Sequence[str]) -> None:
-    """Writes the rows (a column a row lacks left blank) whole: readers never see half a file."""
-
-    def write(partial: Path) -> None:
-        opener = gzip.open if path.suffix == ".gz" else open  # the per-image rows are compressed: a large table
-        with opener(partial, "wt", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(fields), restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-        with open(partial, "rb") as f:
-            os.fsync(f.fileno())
-
-    write_whole(path, write)
-
-
 def collect(folders: Sequence[Path], name: str, results: Path, commit: str | None = None) -> dict[str, Path]:
     """Writes the three CSVs of train_evaluate.py output folders, ``<results>/<name>...``; returns their paths by
     kind (``metrics``, ``predictions``, ``curves``)."""
@@ -203,7 +171,7 @@ def collect(folders: Sequence[Path], name: str, results: Path, commit: str | Non
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--runs", nargs="+", type=Path, required=True, help="train_evaluate.py output folders")
     parser.add_argument("--name", required=True, help="stem of the CSVs, e.g. ablation_h200")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the CSVs go")

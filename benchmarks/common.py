@@ -6,14 +6,17 @@ benchmarks/ is not a package: each script puts this folder on ``sys.path`` befor
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import gzip
 import io
 import json
 import os
+import re
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
 RESULTS = REPO / "benchmarks" / "results"
 SETTINGS = REPO / "benchmarks" / "settings"  # <name>.yaml: the config overrides of train_evaluate.py --setting <name>
+RUN_FOLDER = re.compile(  # how train_evaluate.py names a run's folder; collect.py and the measuring scripts read it
+    r"^(?P<dataset>[^_]+)_(?P<recipe>small|paper)_(?P<variant>[^_]+)(?:_(?P<setting>.+))?_seed(?P<seed>\d+)$"
+)
 
 
 # ---------------------------------------------------------------- CSVs
@@ -94,6 +100,26 @@ def write_whole(path: Path, write: Callable[[Path], None]) -> None:
     partial.replace(path)
 
 
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> None:
+    """Writes the rows (a column a row lacks left blank) whole, gzip-compressed for a name ending in ``.gz``."""
+
+    def write(partial: Path) -> None:
+        with (gzip.open if path.suffix == ".gz" else open)(partial, "wt", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(fields), restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        with open(partial, "rb") as f:
+            os.fsync(f.fileno())
+
+    write_whole(path, write)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: int = 0) -> str:
+    """A markdown table of text cells; its last ``numeric`` columns right-aligned."""
+    rule = ["---"] * (len(header) - numeric) + ["---:"] * numeric
+    return "\n".join("| " + " | ".join(line) + " |" for line in [header, rule, *rows])
+
+
 def number(value: float) -> str:
     """A float as the CSVs hold it: six significant digits."""
     return f"{value:.6g}"
@@ -102,6 +128,32 @@ def number(value: float) -> str:
 def as_stored(row: dict[str, Any]) -> dict[str, str]:
     """A row as the CSV reads it back: floats at six significant digits, everything else as text."""
     return {c: number(v) if isinstance(v, float) else str(v) for c, v in row.items()}
+
+
+class Timings:
+    """The resumable CSV of a timing script (speed.py, preprocessing.py): a measurement is found by its ``key``
+    columns, else appended with the date; ``context``: the columns every row of this run shares."""
+
+    def __init__(self, path: Path, columns: Sequence[str], key: Sequence[str], context: dict[str, Any]) -> None:
+        self.path, self.columns, self.key, self.context = path, list(columns), tuple(key), context
+        self.rows = recorded_rows(path, columns)
+
+    def identity(self, row: dict[str, Any]) -> tuple[str, ...]:
+        """The values of the key columns, as strings (as the CSV reads back)."""
+        full = {**self.context, **row}
+        return tuple(str(full[k]) for k in self.key)
+
+    def find(self, row: dict[str, Any]) -> dict[str, str] | None:
+        """An earlier row of the same measurement, if any."""
+        identity = self.identity(row)
+        return next((r for r in self.rows if self.identity(r) == identity), None)
+
+    def add(self, row: dict[str, Any]) -> dict[str, str]:
+        """Writes one row (context and date filled in, floats at six digits); returns it as the CSV holds it."""
+        full = {c: "" for c in self.columns} | self.context | {"date": datetime.now(UTC).isoformat(timespec="seconds")}
+        stored = append_row(self.path, full | as_stored(row), self.columns, lineterminator="\n")
+        self.rows.append(stored)
+        return stored
 
 
 # ---------------------------------------------------------------- the stamp of a row
@@ -140,9 +192,45 @@ def device_name(device: Any = None) -> str:
     return f"{model} ({cores} cores)"
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU threads set to ``threads`` (None: left as they are) for the block, and restored after: a
+    script's ``main`` may run inside another program (the tests)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def row_stamp() -> dict[str, str]:
     """The ``commit`` and ``device`` columns of a row: the code and the machine that measured it."""
     return {"commit": git_commit()[0], "device": device_name()}
+
+
+# ---------------------------------------------------------------- command lines
+
+# the options several scripts take alike: the run folders measured; the datasets, seeds and recipe trained; --set
+SHARED_ARGUMENTS: dict[str, dict[str, Any]] = {
+    "--runs": dict(nargs="+", type=Path, required=True, help="train_evaluate.py run folders"),
+    "--datasets": dict(nargs="+", default=["breastmnist", "retinamnist"]),
+    "--seeds": dict(nargs="+", type=int, default=[0]),
+    "--recipe": dict(choices=["small", "paper"], default="small", help="small: merge small.yaml"),
+    "--set": dict(nargs="+", action="extend", default=[], metavar="ID=VALUE", help="config overrides of every run"),
+}
+
+
+def script_parser(doc: str, *shared: str) -> argparse.ArgumentParser:
+    """A script's command line: its docstring as the description (the usage examples keep their lines) and the
+    ``shared`` options of ``SHARED_ARGUMENTS`` named."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in shared:
+        parser.add_argument(name, **SHARED_ARGUMENTS[name])
+    return parser
 
 
 # ---------------------------------------------------------------- the bundle's configs, overrides and named settings
@@ -156,6 +244,18 @@ def recipe_configs(dataset: str, recipe: str) -> list[str]:
         f"configs/data/{dataset}.yaml",
         *(["configs/small.yaml"] if recipe == "small" else []),
     ]
+
+
+def run_folder(dataset: str, recipe: str, variant: str, setting: str, seed: int | str) -> str:
+    """``<dataset>_<recipe>_<variant>[_<setting>]_seed<S>``: the name of a run's folder (no setting for ``default``)."""
+    return f"{dataset}_{recipe}_{variant}{'' if setting == 'default' else f'_{setting}'}_seed{seed}"
+
+
+def run_fields(name: str) -> dict[str, str] | None:
+    """What a run folder's name says (dataset, recipe, variant, setting: ``default`` where it has none, seed), or
+    None for a name ``run_folder`` does not give."""
+    match = RUN_FOLDER.match(name)
+    return None if match is None else {k: v or "default" for k, v in match.groupdict().items()}
 
 
 @contextlib.contextmanager

@@ -27,7 +27,6 @@ rho(x) carries that the prior lacks, as far as a linear model on the validation 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "bundle"), str(Path(__file__).resolve().parent)]
-from common import RESULTS, append_row, as_stored, parse_override, recorded_keys, row_stamp  # noqa: E402
+from common import RESULTS, append_row, as_stored, parse_override, recorded_keys, row_stamp, script_parser  # noqa: E402
 from sampling_steps import Run, backbone_outputs, load_parser, sample_probabilities  # noqa: E402
 
 SPLITS = ("validation", "test")
@@ -108,14 +107,12 @@ def measure_run(
 ) -> list[dict]:
     """Every row of one run: the counterfactuals on each split, the stackers on test (fitted on validation)."""
     from scripts import metrics
-    from scripts.checkpoint import load_weights
 
     rows, outputs, network = [], {}, None
     for split in splits:
         parser = load_parser(run, split, overrides)
         if network is None:  # one network for both splits: only the data differ
-            network = load_weights(parser.get_parsed_content("network_def").to(device), str(run.checkpoint), device)
-            network.eval()
+            network = run.network(parser, device)
         inferer = parser.get_parsed_content("validate#inferer")
         inferer.num_samples = 1
         with torch.no_grad():
@@ -139,14 +136,10 @@ def measure_run(
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", nargs="+", type=Path, required=True, help="train_evaluate.py run folders")
+    parser = script_parser(__doc__, "--runs", "--set")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=RESULTS / "diagnostics.csv")
     parser.add_argument("--splits", nargs="+", choices=("train", *SPLITS), default=list(SPLITS))
-    parser.add_argument(
-        "--set", nargs="+", action="extend", default=[], metavar="ID=VALUE", help="config overrides of the runs"
-    )
     args = parser.parse_args(argv)
     overrides = dict(parse_override(text) for text in args.set)
     stamp, written = row_stamp(), []

@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ import torch
 from PIL import Image
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "bundle"), str(Path(__file__).resolve().parent)]
-from common import BUNDLE, RESULTS, append_row, as_stored, device_name, git_commit, recorded_rows  # noqa: E402 - beside it
+from common import BUNDLE, RESULTS, Timings, device_name, git_commit, torch_threads  # noqa: E402 - beside it
 
 COLUMNS = ["date", "commit", "dirty", "device", "threads", "format", "width", "height", "size", "pipeline"]
 COLUMNS += ["images", "seconds_per_image", "images_per_s", "speedup_to_old", "mean_abs_diff", "max_abs_diff"]
@@ -83,11 +82,6 @@ def pil_pipeline(size: int) -> Callable[[str], torch.Tensor]:
     return run
 
 
-def append_stored(path: Path, row: dict) -> dict[str, str]:
-    """Writes one row with floats at six significant digits; returns it as stored."""
-    return append_row(path, as_stored({c: row[c] for c in COLUMNS}), COLUMNS, lineterminator="\n")
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Preprocessing speed of full-size images (benchmarks/README.md).")
     parser.add_argument("--width", type=int, default=3000, help="image width in pixels (default 3000)")
@@ -104,19 +98,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, str]]:
     args = parse_args(argv)
     if args.tiny:
         args.width, args.height, args.images = 600, 400, 1
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return measure(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def measure(args: argparse.Namespace) -> list[dict[str, str]]:
     commit, dirty = git_commit()
     context = {"commit": commit, "dirty": dirty, "device": device_name(torch.device("cpu"))}
     context |= {"threads": torch.get_num_threads(), "width": args.width, "height": args.height, "size": args.size}
-    done = {tuple(r[k] for k in KEY): r for r in recorded_rows(args.out, COLUMNS)}
+    table = Timings(args.out, COLUMNS, KEY, context)
     pipelines = {name: bundle_pipeline(args.size, name) for name in PIPELINES[:3]} | {"pil": pil_pipeline(args.size)}
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -129,11 +119,10 @@ def measure(args: argparse.Namespace) -> list[dict[str, str]]:
             reference = [pipelines["old"](p) for p in paths[:1]]  # also a warm-up of the imports
             seconds_old = None
             for name in PIPELINES:
-                ids = {**context, "format": fmt, "pipeline": name}
-                key = tuple(str(ids[k]) for k in KEY)
-                if key in done:
-                    rows.append(done[key])
-                    seconds_old = float(done[key]["seconds_per_image"]) if name == "old" else seconds_old
+                ids = {"format": fmt, "pipeline": name}
+                if found := table.find(ids):
+                    rows.append(found)
+                    seconds_old = float(found["seconds_per_image"]) if name == "old" else seconds_old
                     continue
                 run = pipelines[name]
                 run(paths[0])  # warm-up
@@ -145,11 +134,9 @@ def measure(args: argparse.Namespace) -> list[dict[str, str]]:
                 seconds = statistics.median(times)
                 seconds_old = seconds if name == "old" else seconds_old
                 diff = (outputs[0] - reference[0]).abs()
-                row = {**ids, "date": datetime.now(UTC).isoformat(timespec="seconds"), "images": len(paths)}
-                row |= {"seconds_per_image": seconds, "images_per_s": 1 / seconds}
+                row = {**ids, "images": len(paths), "seconds_per_image": seconds, "images_per_s": 1 / seconds}
                 row |= {"speedup_to_old": seconds_old / seconds, "mean_abs_diff": float(diff.mean())}
-                row |= {"max_abs_diff": float(diff.max())}
-                rows.append(append_stored(args.out, row))
+                rows.append(table.add(row | {"max_abs_diff": float(diff.max())}))
                 speeds = f"{seconds:.4f} s/image, {1 / seconds:7.1f} images/s, x{seconds_old / seconds:.1f}"
                 print(f"{fmt} {name:>16}: {speeds}, mean |diff| {float(diff.mean()):.4f}", flush=True)
     return rows

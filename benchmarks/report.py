@@ -15,7 +15,6 @@ Running it twice changes nothing:
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import re
@@ -28,7 +27,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, read_rows, write_whole  # noqa: E402 - beside this script
+from common import REPO, RESULTS, read_rows, script_parser, write_whole
+from common import markdown_table as markdown  # noqa: E402 - beside this script
 
 DOCS = REPO / "bundle" / "docs"
 HISTORY = "benchmarks_history.md"
@@ -62,12 +62,6 @@ PUBLISHED: dict[str, list[tuple[str, float, float]]] = {
     ],
 }
 TARGETS = {"breastmnist": (0.92, 0.87), "retinamnist": (0.76, 0.55)}  # the project's test (AUC, ACC) targets
-# this bundle's rows beside the published ones: (variant, setting, label)
-OWN_ROWS = [
-    ("basic", "default", "basic (ResNet-18), small recipe"),
-    ("full", "default", "full, S=10, small recipe with the noise target (before y0)"),
-    ("full", "y0", "full, S=10, small recipe (y0)"),
-]
 # The paper's datasets at CPU scale: (dataset, setting of train_evaluate.py, the setting of its basic, label), in
 # page order. The y0 blocks have no basic of their own: the prediction target does not change it.
 PAPER_DATASETS = [
@@ -94,6 +88,15 @@ class ModelRow(NamedTuple):
     def samples_cell(self) -> str:
         return "-" if self.prediction == "prior" or self.variant == "basic" else self.samples
 
+    def metrics(self, metrics: Rows, dataset: str, **fields: str) -> Rows:
+        """This model's metric rows on a dataset, by seed; ``fields`` narrow them (a split, a seed)."""
+        mine = dict(dataset=dataset, setting=self.setting, variant=self.variant, num_samples=self.samples)
+        return sorted(select(metrics, **mine, **fields), key=lambda r: int(r["seed"]))
+
+    def evaluation(self, runs: Runs, dataset: str, seed: str = "0") -> Evaluation | None:
+        """This model's per-image test results of one seed, None where not collected."""
+        return runs.get((dataset, self.setting, self.variant, seed, self.samples, "test"))
+
 
 ABLATION_ROWS = [
     ModelRow("basic (ResNet-18)", "basic", "10", "denoised"),
@@ -104,6 +107,12 @@ ABLATION_ROWS = [
     ModelRow("C2", "C2", "10", "denoised"),
     ModelRow("full", "full", "1", "denoised"),
     ModelRow("full", "full", "10", "denoised"),
+]
+# this bundle's rows beside the published ones (test means over seeds)
+OWN_ROWS = [
+    ModelRow("basic (ResNet-18), small recipe", "basic", "10", "denoised"),
+    ModelRow("full, S=10, small recipe with the noise target (before y0)", "full", "10", "denoised"),
+    ModelRow("full, S=10, small recipe (y0)", "full", "10", "denoised", "y0"),
 ]
 
 
@@ -123,11 +132,6 @@ class Evaluation(NamedTuple):
 EvaluationKey = tuple[str, str, str, str, str, str]  # dataset, setting, variant, seed, num_samples, split
 Runs = dict[EvaluationKey, Evaluation]
 Rows = list[dict[str, str]]  # of a CSV
-
-
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def f3(text: str) -> str:
@@ -317,12 +321,12 @@ def prediction_intervals(evaluation: Evaluation, prediction: str) -> tuple[str, 
     return bootstrap_intervals(evaluation.true, labels_of(evaluation, prediction), probs)
 
 
-def paired_p(runs: Runs, dataset: str, setting: str, row: ModelRow, seed: str, basic_setting: str) -> float | None:
+def paired_p(runs: Runs, dataset: str, row: ModelRow, seed: str, basic_setting: str = "default") -> float | None:
     """McNemar p-value on the test split of one ablation row against ``basic`` of the same seed and of
     ``basic_setting`` (a setting of the diffusion alone, y0 or EMA, leaves ``basic`` unchanged, so its rows pair
     with the default ``basic``), or None when a run is missing."""
-    this = runs.get((dataset, setting, row.variant, seed, row.samples, "test"))
-    basic = runs.get((dataset, basic_setting, "basic", seed, "10", "test"))
+    this = row.evaluation(runs, dataset, seed)
+    basic = ModelRow("", "basic", "10", "denoised", basic_setting).evaluation(runs, dataset, seed)
     if this is None or basic is None:
         return None
     if this.ids != basic.ids:
@@ -342,22 +346,19 @@ def ablation_cells(metrics: Rows, runs: Runs, dataset: str, row: ModelRow, setti
     The diffusion rows are read from ``setting``, ``basic`` from ``default``: meant for settings of the diffusion
     alone (such as y0), which leave ``basic`` as it is.
     """
-    setting = "default" if row.variant == "basic" else setting
-    tests = select(metrics, dataset=dataset, setting=setting, variant=row.variant, split="test")
-    tests = sorted(select(tests, num_samples=row.samples), key=lambda r: int(r["seed"]))
-    seeds = [r["seed"] for r in tests]
-    cells = [DATASETS[dataset], row.label, row.samples_cell(), str(len(seeds))]
+    row = row._replace(setting="default" if row.variant == "basic" else setting)
+    tests = row.metrics(metrics, dataset, split="test")
+    cells = [DATASETS[dataset], row.label, row.samples_cell(), str(len(tests))]
     cells += means(tests, metric_columns(row.prediction))
-    first = runs.get((dataset, setting, row.variant, "0", row.samples, "test"))
+    first = row.evaluation(runs, dataset)
     if first is None:
         return cells + ["-"] * 4
     cells += prediction_intervals(first, row.prediction)
     if row.variant == "basic":
         return cells + ["-", "-"]
-    p_values = [paired_p(runs, dataset, setting, row, s, "default") for s in seeds]
-    cells.append(p_cell(paired_p(runs, dataset, setting, row, "0", "default")))
-    significant = sum(p is not None and p < ALPHA for p in p_values)
-    return cells + [f"{significant} of {len(p_values)}" if len(p_values) > 1 else "-"]
+    p_values = {r["seed"]: paired_p(runs, dataset, row, r["seed"]) for r in tests}
+    significant = sum(p is not None and p < ALPHA for p in p_values.values())
+    return cells + [p_cell(p_values.get("0")), f"{significant} of {len(p_values)}" if len(p_values) > 1 else "-"]
 
 
 def ablation_table(metrics: Rows, predictions: Rows, setting: str = "default") -> str:
@@ -367,14 +368,6 @@ def ablation_table(metrics: Rows, predictions: Rows, setting: str = "default") -
     header = ["dataset", "model", "S", "seeds", "ACC", "macro-F1", "AUC", "ACC 95% CI (seed 0)"]
     header += ["AUC 95% CI (seed 0)", "McNemar p vs basic (seed 0)", f"seeds with p < {ALPHA}"]
     return markdown(header, rows)
-
-
-def seed_means(metrics: Rows, dataset: str, variant: str, setting: str = "default") -> tuple[float, float] | None:
-    """Mean test AUC and ACC over the seeds of a variant and setting evaluated with 10 samples."""
-    tests = select(metrics, dataset=dataset, setting=setting, variant=variant, split="test", num_samples="10")
-    if not tests:
-        return None
-    return statistics.mean(float(r["auc"]) for r in tests), statistics.mean(float(r["accuracy"]) for r in tests)
 
 
 def target_verdict(dataset: str, auc: float, accuracy: float) -> str:
@@ -391,14 +384,16 @@ def published_table(metrics: Rows) -> str:
     for dataset, name in DATASETS.items():
         for method, auc, accuracy in PUBLISHED[dataset]:
             rows.append([name, method, "MedMNIST v2 (published)", f"{auc:.3f}", f"{accuracy:.3f}", "-"])
-        for variant, setting, label in OWN_ROWS:
-            means = seed_means(metrics, dataset, variant, setting)
-            if means is None:
-                rows.append([name, label, "this bundle", "-", "-", "-"])
+        for row in OWN_ROWS:
+            tests = row.metrics(metrics, dataset, split="test")
+            if not tests:
+                rows.append([name, row.label, "this bundle", "-", "-", "-"])
                 continue
-            seeds = {r["seed"] for r in select(metrics, dataset=dataset, setting=setting, variant=variant)}
-            source = f"this bundle, mean of {len(seeds)} seeds"
-            rows.append([name, label, source, f"{means[0]:.3f}", f"{means[1]:.3f}", target_verdict(dataset, *means)])
+            auc, accuracy = (statistics.mean(float(r[c]) for r in tests) for c in ("auc", "accuracy"))
+            source = f"this bundle, mean of {len(tests)} seeds"
+            rows.append(
+                [name, row.label, source, f"{auc:.3f}", f"{accuracy:.3f}", target_verdict(dataset, auc, accuracy)]
+            )
     header = ["dataset", "method", "source", "test AUC", "test ACC", "meets the target (AUC, ACC)"]
     targets = "; ".join(f"{DATASETS[d]} AUC >= {a}, ACC >= {c}" for d, (a, c) in TARGETS.items())
     return markdown(header, rows) + f"\n\nTargets: {targets}."
@@ -419,9 +414,8 @@ def headline_table(metrics: Rows) -> str:
     rows = []
     for dataset, name in DATASETS.items():
         for row in HEADLINE_ROWS:
-            tests = select(metrics, dataset=dataset, setting=row.setting, variant=row.variant, split="test")
             rows.append(
-                [name, row.label, *means(select(tests, num_samples=row.samples), metric_columns(row.prediction))]
+                [name, row.label, *means(row.metrics(metrics, dataset, split="test"), metric_columns(row.prediction))]
             )
         method, auc, accuracy = PUBLISHED[dataset][0]
         rows.append([name, f"{method}, MedMNIST v2", f"{accuracy:.3f}", "-", f"{auc:.3f}"])
@@ -457,16 +451,15 @@ def paper_dataset_cells(
     for row in ABLATION_ROWS:
         if row.variant not in ("basic", "full") or (row.variant == "basic" and basic_setting != setting):
             continue
-        run = dict(dataset=dataset, setting=setting, variant=row.variant, seed="0", split="test")
-        found = one(metrics, **run, num_samples=row.samples)
-        evaluation = runs.get((dataset, setting, row.variant, "0", row.samples, "test"))
+        row = row._replace(setting=setting)
+        found, evaluation = one(row.metrics(metrics, dataset, seed="0", split="test")), row.evaluation(runs, dataset)
         if found is None or evaluation is None:
             out.append([row.label, "-", "not run"] + ["-"] * 9)
             continue
         accuracy, f1, auc = metric_columns(row.prediction)
         kappa = "prior_kappa" if row.prediction == "prior" else "kappa"
         interval = prediction_intervals(evaluation, row.prediction)[0]
-        p_value = None if row.variant == "basic" else paired_p(runs, dataset, setting, row, "0", basic_setting)
+        p_value = None if row.variant == "basic" else paired_p(runs, dataset, row, "0", basic_setting)
         epoch = checkpoint_epoch(curves, dataset=dataset, setting=setting, variant=row.variant, seed="0")
         cells = [row.label, row.samples_cell(), f3(found[accuracy]), interval, *map(f3, (found[f1], found[auc]))]
         cells += [f3(found[kappa]), p_cell(p_value), found["epochs"], epoch, found["train_seconds"]]
@@ -829,7 +822,7 @@ def medmnist_schedule_table(metrics: Rows, predictions: Rows) -> str:
     rows = []
     for dataset, name in DATASETS.items():
         for row in MEDMNIST_SCHEDULE_ROWS:
-            found = select(metrics, dataset=dataset, setting=row.setting, variant=row.variant, num_samples=row.samples)
+            found = row.metrics(metrics, dataset)
             if not found:
                 continue
             accuracy, _, auc = metric_columns(row.prediction)
@@ -837,9 +830,8 @@ def medmnist_schedule_table(metrics: Rows, predictions: Rows) -> str:
             auc = "auc_label_mean" if ranked else auc
             cells = [name, row.label, str(len({r["seed"] for r in found}))]
             for split in ("validation", "test"):
-                chosen = select(found, split=split)
-                cells += means(chosen, (accuracy, auc))
-            first = runs.get((dataset, row.setting, row.variant, "0", row.samples, "test"))
+                cells += means(select(found, split=split), (accuracy, auc))
+            first = row.evaluation(runs, dataset)
             bounds: tuple[Bounds, Bounds] = (None, None)
             if first is not None:
                 scores = first.prior_probs if row.prediction == "prior" else first.label_mean if ranked else first.probs
@@ -1159,7 +1151,7 @@ def fill(page: str, text: str, sections: Sequence[Section], load: Callable[..., 
 
 
 def main(argv: list[str] | None = None) -> dict[str, str]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--docs", type=Path, default=DOCS, help="the folder of the pages; figures in its images/")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)

@@ -22,7 +22,6 @@ excluded). Rows already in the file are skipped, so an interrupted run resumes.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -40,11 +39,13 @@ from common import (  # noqa: E402 - beside this script
     recipe_configs,
     recorded_keys,
     row_stamp,
+    run_fields,
+    script_parser,
 )
 
-RUN_NAME = re.compile(r"(?P<dataset>[a-z0-9]+)_(?P<recipe>small|paper)_(?P<variant>C1|C2|full)(?:_(?P<setting>.+))?")
 STEPS = (1, 2, 5, 10, 20, 50, 100)  # and T, the full chain
 TINY_STEPS = (1, 2, 5)  # and T
+RUN_FIELDS = ("dataset", "recipe", "variant", "setting")  # what a row says of its run, and its seed and folder
 KEY = ("run", "split", "sampler", "steps", "samples", "start")
 COLUMNS = ["dataset", "recipe", "variant", "setting", "seed", "run", "split", "images", "sampler", "steps", "samples"]
 COLUMNS += ["start", "accuracy", "macro_f1", "auc", "agreement_full_chain", "prior_accuracy", "prior_macro_f1"]
@@ -59,21 +60,24 @@ class Run:
     """
 
     def __init__(self, path: Path) -> None:
-        name, _, seed = path.name.rpartition("_seed")
-        match = RUN_NAME.fullmatch(name)
-        if not match or not seed.isdigit():
+        fields = run_fields(path.name)
+        if fields is None or fields["variant"] == "basic":  # basic has no reverse chain
             raise ValueError(f"{path}: not a train_evaluate.py run folder (<dataset>_<recipe>_<variant>_seed<S>)")
-        self.path, self.name, self.seed = path, path.name, int(seed)
-        self.dataset, self.recipe, self.variant = match["dataset"], match["recipe"], match["variant"]
-        self.setting = match["setting"] or "default"
+        self.path, self.name, self.seed = path, path.name, int(fields["seed"])
+        self.dataset, self.recipe, self.variant, self.setting = (fields[k] for k in RUN_FIELDS)
         self.checkpoint = path / "models" / "model.pt"
         if not self.checkpoint.is_file():
             raise FileNotFoundError(f"{path}: no models/model.pt (training unfinished or failed?)")
 
     def columns(self) -> dict[str, object]:
         """What a row says of its run."""
-        names = dict(dataset=self.dataset, recipe=self.recipe, variant=self.variant, setting=self.setting)
-        return names | {"seed": self.seed, "run": self.name}
+        return {k: getattr(self, k) for k in RUN_FIELDS} | {"seed": self.seed, "run": self.name}
+
+    def network(self, parser, device: torch.device) -> torch.nn.Module:
+        """The network of ``parser``'s config with this run's trained weights, on ``device``, in eval mode."""
+        from scripts.checkpoint import load_weights
+
+        return load_weights(parser.get_parsed_content("network_def").to(device), str(self.checkpoint), device).eval()
 
     def configs(self) -> list[str]:
         """The config files the run was trained with, then evaluate.yaml (relative to the bundle folder)."""
@@ -138,7 +142,6 @@ def settings(steps: Sequence[int], samples: Sequence[int], ddpm: bool, total: in
 def measure_run(run: Run, split: str, args: argparse.Namespace, done: set, stamp: dict) -> list[dict]:
     """Every missing row of one run and split; returns the rows written."""
     from scripts import metrics
-    from scripts.checkpoint import load_weights
     from scripts.inferer import DiffMICInferer
 
     parser = load_parser(run, split, args.overrides)
@@ -148,9 +151,7 @@ def measure_run(run: Run, split: str, args: argparse.Namespace, done: set, stamp
     if not missing:  # (S, start) groups with a row to write: each needs its full chain as reference
         return []
     device = torch.device(args.device)
-    network = parser.get_parsed_content("network_def").to(device)
-    load_weights(network, str(run.checkpoint), device)
-    network.eval()
+    network = run.network(parser, device)
     begin = time.perf_counter()
     outputs = backbone_outputs(network, parser.get_parsed_content("validate#dataloader"), device)
     backbone_seconds = time.perf_counter() - begin
@@ -189,8 +190,7 @@ def measure_run(run: Run, split: str, args: argparse.Namespace, done: set, stamp
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", nargs="+", type=Path, required=True, help="train_evaluate.py run folders")
+    parser = script_parser(__doc__, "--runs", "--set")
     parser.add_argument("--splits", nargs="+", default=["test"])
     parser.add_argument("--steps", nargs="+", type=int, help=f"DDIM steps besides T (default {STEPS})")
     parser.add_argument("--samples", nargs="+", type=int, default=[1, 10])
@@ -198,9 +198,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=RESULTS / "sampling_steps.csv")
     parser.add_argument("--tiny", action="store_true", help="a smoke run: K in 1 2 5 and T, S=1 and 2, no DDPM")
-    parser.add_argument(
-        "--set", nargs="+", action="extend", default=[], metavar="ID=VALUE", help="config overrides of the runs"
-    )
     args = parser.parse_args(argv)
     args.overrides = dict(parse_override(text) for text in args.set)
     if args.tiny:

@@ -17,20 +17,18 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import os
 import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "bundle"), str(Path(__file__).resolve().parent)]
-from common import BUNDLE, RESULTS, append_row, as_stored, device_name, git_commit, recorded_rows  # noqa: E402
+from common import BUNDLE, RESULTS, Timings, device_name, git_commit, torch_threads  # noqa: E402
 
 if TYPE_CHECKING:
     from monai.bundle import ConfigParser
@@ -187,21 +185,13 @@ def timed(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int
     return times
 
 
-def rss_mb() -> float:
-    """The current resident memory of this process in MiB (the peak so far where /proc is missing)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MIB
-    except (OSError, ValueError, IndexError):
-        return peak_rss_mb()
-
-
-def peak_rss_mb() -> float:
-    """The resident-memory high-water mark in MiB: VmHWM where /proc has it, else ru_maxrss."""
+def resident_mb(field: str) -> float:
+    """``VmRSS`` (the resident memory now) or ``VmHWM`` (its high-water mark) of this process in MiB; the peak by
+    ru_maxrss where /proc is missing."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
         pass
@@ -233,45 +223,14 @@ def reset_peak_memory(device: torch.device) -> tuple[float, str]:
         method = "peak RSS (ru_maxrss/VmHWM) reset per measurement"
     except OSError:
         method = "peak RSS (ru_maxrss) process-wide; basic measured first"
-    return rss_mb(), method
+    return resident_mb("VmRSS"), method
 
 
 def peak_memory(device: torch.device) -> float:
     """The peak memory in MiB since :func:`reset_peak_memory`."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / MIB
-    return peak_rss_mb()
-
-
-# ---------------------------------------------------------------- the CSV
-
-
-class Results:
-    """The CSV of measurements (created with its header at the first row): earlier rows are read for resuming,
-    new ones appended one whole line at a time; ``context``: the columns every row of this run shares."""
-
-    def __init__(self, path: Path, context: dict[str, Any]) -> None:
-        self.path = path
-        self.context = context
-        self.rows = recorded_rows(path, COLUMNS)
-
-    def key(self, row: dict[str, Any]) -> tuple[str, ...]:
-        """The identity of a measurement, as strings (as the CSV reads back)."""
-        full = {**self.context, **row}
-        return tuple(str(full[k]) for k in KEY)
-
-    def find(self, row: dict[str, Any]) -> dict[str, str] | None:
-        """An earlier row of the same measurement, commit and device, if any."""
-        key = self.key(row)
-        return next((r for r in self.rows if self.key(r) == key), None)
-
-    def add(self, row: dict[str, Any]) -> dict[str, str]:
-        """Writes one row (context columns filled in) and returns it as the CSV holds it."""
-        full = {c: "" for c in COLUMNS} | self.context | {"date": datetime.now(UTC).isoformat(timespec="seconds")}
-        full |= as_stored(row)
-        stored = append_row(self.path, full, COLUMNS, lineterminator="\n")
-        self.rows.append(stored)
-        return stored
+    return resident_mb("VmHWM")
 
 
 # ---------------------------------------------------------------- measurements
@@ -281,7 +240,7 @@ class Benchmark:
     """Runs the measurements of a grid of settings and records them: the median of ``repeats`` timed batches
     after ``warmup`` untimed ones."""
 
-    def __init__(self, results: Results, device: torch.device, warmup: int, repeats: int) -> None:
+    def __init__(self, results: Timings, device: torch.device, warmup: int, repeats: int) -> None:
         self.results = results
         self.device = device
         self.warmup = warmup
@@ -321,12 +280,12 @@ class Benchmark:
         self.rows.append(row)
         return row
 
-    def timer(self, fn: Callable[[], Any]) -> Callable[[], list[float]]:
-        """A measurement call that times ``fn`` (under no_grad) with this benchmark's warm-up and repeats."""
+    def timer(self, fn: Callable[..., Any], *args: Any) -> Callable[[], list[float]]:
+        """A measurement call that times ``fn(*args)`` (under no_grad) with this benchmark's warm-up and repeats."""
 
         def run() -> list[float]:
             with torch.no_grad():
-                return timed(fn, self.device, self.warmup, self.repeats)
+                return timed(lambda: fn(*args), self.device, self.warmup, self.repeats)
 
         return run
 
@@ -348,13 +307,9 @@ class Benchmark:
             return full[0]
 
         def predict(variant: str, samples: int) -> Callable[[], list[float]]:
-            net = network(variant)
-            inferer = DiffMICInferer(seed=info["seed"], num_samples=samples)
-            return self.timer(lambda: inferer.outputs(images, net, ids))
-
-        def dcg() -> Callable[[], list[float]]:
-            net = network("full")
-            return self.timer(lambda: net.prior(images))
+            return self.timer(
+                DiffMICInferer(seed=info["seed"], num_samples=samples).outputs, images, network(variant), ids
+            )
 
         def backbones() -> Callable[[], list[float]]:
             net = network("full")
@@ -368,13 +323,13 @@ class Benchmark:
             y = torch.randn(rows, columns["num_classes"], generator=generator).to(self.device)
             prior = torch.softmax(torch.randn(rows, columns["num_classes"], generator=generator), 1).to(self.device)
             t = torch.full((rows,), net.diffusion.num_train_timesteps - 1, dtype=torch.long, device=self.device)
-            return self.timer(lambda: net.denoise(features, y, prior, t))
+            return self.timer(net.denoise, features, y, prior, t)
 
         def ids_of(measurement: str, steps: int = 0, samples: int = 0) -> dict[str, Any]:
             return {**columns, "measurement": measurement, "steps": steps, "samples": samples}
 
         basic = self.measure(ids_of("infer_basic", samples=1), lambda: predict("basic", 1))
-        self.measure(ids_of("infer_dcg"), dcg, basic)
+        self.measure(ids_of("infer_dcg"), lambda: self.timer(network("full").prior, images), basic)
         chains = {}
         for samples in SAMPLES:
             chains[samples] = self.measure(
@@ -540,16 +495,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, str]]:
     widths = args.widths or sorted({int(recipe_values(r)["width"]) for r in RECIPES})
     repeats = args.repeats or (10 if device.type == "cuda" else 3)
     warmup = (3 if device.type == "cuda" else 1) if args.warmup is None else args.warmup
-    threads = torch.get_num_threads()
-    if args.threads:  # restored on return: main may run inside another program (the tests)
-        torch.set_num_threads(args.threads)
-    gc.collect()
-    gc.freeze()  # the imported modules' objects stay out of the collections between measurements (seconds each)
-    try:
-        return run_grid(args, device, sizes, widths, warmup, repeats)
-    finally:
-        gc.unfreeze()
-        torch.set_num_threads(threads)
+    with torch_threads(args.threads):
+        gc.collect()
+        gc.freeze()  # the imported modules' objects stay out of the collections between measurements (seconds each)
+        try:
+            return run_grid(args, device, sizes, widths, warmup, repeats)
+        finally:
+            gc.unfreeze()
 
 
 def run_grid(
@@ -558,7 +510,7 @@ def run_grid(
     """Measures every size x width setting, inference then training, prints the table and returns the rows."""
     commit, dirty = git_commit()
     context = {"commit": commit, "dirty": dirty, "device": device_name(device), "threads": torch.get_num_threads()}
-    results = Results(args.out, context)
+    results = Timings(args.out, COLUMNS, KEY, context)
     bench = Benchmark(results, device, warmup, repeats)
     print(f"{context['device']}, {context['threads']} threads, commit {commit}{' (dirty)' if dirty else ''}")
     print(f"writing {args.out}", flush=True)

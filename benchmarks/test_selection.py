@@ -29,7 +29,6 @@ denoised prediction's metrics (the one ``model.pt`` the bundle saves) and by the
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import sys
@@ -42,11 +41,15 @@ from common import (  # noqa: E402 - beside this script
     RESULTS,
     append_row,
     in_bundle_folder,
+    markdown_table,
     number,
+    parse_override,
     read_rows,
     recipe_configs,
     recorded_keys,
     row_stamp,
+    script_parser,
+    write_csv,
 )
 from train_evaluate import TINY  # noqa: E402 - the same smoke-run network
 
@@ -80,17 +83,7 @@ def test_evaluator_config(validate: dict) -> dict:
     """The raw ``validate`` block made into a test-split twin: its own dataset, loader, inferer and metric
     objects (an ignite metric attached to two engines would share its state), no handlers (the best-model
     saver, TensorBoard and the log are validation's), every metric computed (kappa too, for nominal classes)."""
-
-    def rename(node):
-        if isinstance(node, str):
-            return node.replace("@validate#", "@test_eval#")
-        if isinstance(node, dict):
-            return {k: rename(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [rename(v) for v in node]
-        return node
-
-    config = rename(copy.deepcopy(validate))
+    config = json.loads(json.dumps(validate).replace("@validate#", "@test_eval#"))  # a deep copy, renamed
     config["dataset"]["data"] = "$@datalists['test']"
     config["evaluator"]["val_handlers"] = []
     config["additional_metrics"] = "${k: v for k, v in @test_eval#metrics.items() if k != @key_metric_name}"
@@ -127,10 +120,8 @@ def train_recording(
         workflow.initialize()
         parser = workflow.parser
         trainer = parser.get_parsed_content("train#trainer")
-        validator, tester = (
-            parser.get_parsed_content("validate#evaluator"),
-            parser.get_parsed_content("test_eval#evaluator"),
-        )
+        validator = parser.get_parsed_content("validate#evaluator")
+        tester = parser.get_parsed_content("test_eval#evaluator")
         key_name = parser.get_parsed_content("key_metric_name")
         interval = parser.get_parsed_content("val_interval")
 
@@ -219,31 +210,21 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def markdown(summary: list[dict]) -> str:
     """The summary as a markdown table: accuracies in percent, the selected epoch beside each."""
-    head = (
-        "| dataset | seed | test accuracy of | epoch chosen by | validation key metric | validation accuracy "
-        "| test accuracy (authors) | inflation (pp) | last epoch |\n"
-        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |"
-    )
-    lines = [head]
+    header = ["dataset", "seed", "test accuracy of", "epoch chosen by", "validation key metric"]
+    header += ["validation accuracy", "test accuracy (authors)", "inflation (pp)", "last epoch"]
+    rows = []
     for r in summary:
-        cell = {
-            rule: f"{100 * float(r[f'{rule}_test_accuracy']):.1f} (ep {r[f'{rule}_epoch']})"
-            for rule in ("val_key", "val_accuracy", "test_accuracy")
-        }
-        lines.append(
-            f"| {r['dataset']} | {r['seed']} | {r['prediction']} | {r['selected_by']} ({r['key_metric']}) "
-            f"| {cell['val_key']} | {cell['val_accuracy']} | {cell['test_accuracy']} "
-            f"| {100 * float(r['inflation']):+.1f} | {100 * float(r['last_epoch_test_accuracy']):.1f} |"
-        )
-    return "\n".join(lines)
+        cells = [r["dataset"], str(r["seed"]), r["prediction"], f"{r['selected_by']} ({r['key_metric']})"]
+        for rule in ("val_key", "val_accuracy", "test_accuracy"):
+            cells.append(f"{100 * float(r[f'{rule}_test_accuracy']):.1f} (ep {r[f'{rule}_epoch']})")
+        cells += [f"{100 * float(r['inflation']):+.1f}", f"{100 * float(r['last_epoch_test_accuracy']):.1f}"]
+        rows.append(cells)
+    return markdown_table(header, rows, numeric=5)
 
 
 def write_summary(table: Path, summary_path: Path) -> list[dict]:
     summary = summarize(read_rows(table))
-    if summary_path.exists():
-        summary_path.unlink()  # derived from the table: rewritten whole
-    for row in summary:
-        append_row(summary_path, row, SUMMARY_FIELDS)
+    write_csv(summary_path, summary, SUMMARY_FIELDS)  # derived from the table: rewritten whole
     print(markdown(summary))
     return summary
 
@@ -252,16 +233,12 @@ def write_summary(table: Path, summary_path: Path) -> list[dict]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=["breastmnist", "retinamnist"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--recipe", choices=["small", "paper"], default="small", help="small: merge small.yaml")
+    parser = script_parser(__doc__, "--datasets", "--seeds", "--recipe", "--set")
     parser.add_argument("--out", type=Path, default=RESULTS / "test_selection_cpu.csv", help="the per-epoch rows")
     parser.add_argument("--summary", type=Path, help="default: <out>_summary.csv")
     parser.add_argument("--work", type=Path, help="run folders (models, TensorBoard); default: beside --out")
     parser.add_argument("--summarize", action="store_true", help="only summarize --out (no training)")
     parser.add_argument("--tiny", action="store_true", help="a smoke run: 1 warm-up and 2 joint epochs, tiny widths")
-    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="ID=VALUE", help="config overrides")
     return parser.parse_args(argv)
 
 
@@ -270,8 +247,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     table = args.out.resolve()
     summary_path = (args.summary or table.with_name(table.stem + "_summary.csv")).resolve()
     if not args.summarize:
-        from common import parse_override
-
         sys.path.insert(0, str(BUNDLE))
         overrides = {**(dict(TINY, max_epochs=3) if args.tiny else {}), **dict(parse_override(t) for t in args.set)}
         overrides.pop("tsne_max_images", None)

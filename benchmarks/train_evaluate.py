@@ -34,6 +34,8 @@ from common import (  # noqa: E402 - beside this script
     recipe_configs,
     recorded_keys,
     row_stamp,
+    run_folder,
+    script_parser,
     setting_overrides,
 )
 
@@ -119,11 +121,8 @@ def run_overrides(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=["breastmnist", "retinamnist"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser = script_parser(__doc__, "--datasets", "--seeds", "--recipe", "--set")
     parser.add_argument("--variant", default="full")
-    parser.add_argument("--recipe", choices=["small", "paper"], default="small", help="small: merge small.yaml")
     parser.add_argument("--train-seconds", type=int, help="stop each training after this many seconds")
     parser.add_argument("--samples", nargs="+", type=int, default=[1, 10], help="num_samples of each evaluation")
     parser.add_argument(
@@ -141,9 +140,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-tsne", action="store_true")
     parser.add_argument("--tiny", action="store_true", help="a smoke run: 2 epochs of a tiny network, 40 t-SNE images")
-    parser.add_argument(
-        "--set", nargs="+", action="extend", default=[], metavar="ID=VALUE", help="config overrides of every run"
-    )
     return parser.parse_args(argv)
 
 
@@ -156,8 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     for dataset in args.datasets:
         train_configs = recipe_configs(dataset, args.recipe) + args.configs
         for seed in args.seeds:
-            setting = "" if args.setting == "default" else f"_{args.setting}"
-            run_dir = out / f"{dataset}_{args.recipe}_{args.variant}{setting}_seed{seed}"
+            run_dir = out / run_folder(dataset, args.recipe, args.variant, args.setting, seed)
             common = dict(overrides, seed=seed, variant=args.variant, model_dir=str(run_dir / "models"))
             marker = run_dir / "trained.json"  # written once training has finished: a killed run trains again
             if not marker.is_file():
@@ -184,10 +179,10 @@ def main(argv: list[str] | None = None) -> None:
                     eval_split=split,
                     **common,
                 )
-                report = json.loads((eval_dir / "metrics.json").read_text())
-                row.update(eval_seconds=round(seconds, 1), **train, **stamp, **metrics_row(report))
+                metrics = metrics_row(json.loads((eval_dir / "metrics.json").read_text()))
+                row.update(eval_seconds=round(seconds, 1), **train, **stamp, **metrics)
                 append_row(table, row, FIELDS)
-                print(f"{dataset} seed {seed} {split} samples {samples}: {json.dumps(metrics_row(report))}", flush=True)
+                print(f"{dataset} seed {seed} {split} samples {samples}: {json.dumps(metrics)}", flush=True)
             tsne = not args.no_tsne and args.variant != "basic"  # basic has no reverse chain to draw
             if tsne and not (run_dir / "tsne" / "tsne.png").is_file():
                 bundle_run(
