@@ -520,8 +520,11 @@ def one(rows: Rows, **fields: str) -> dict[str, str] | None:
 PRIOR_ACC_AUC = ("prior_accuracy", "prior_auc")
 
 
-def study_cells(metrics: Rows, curves: Rows, setting: str, dataset: str, with_device: bool = False) -> list[str]:
-    """One row of the study table: validation metrics of a setting's seed-0 ``full`` run, test for information."""
+def study_cells(
+    metrics: Rows, curves: Rows, setting: str, dataset: str, with_device: bool = False, auc: str = "auc"
+) -> list[str]:
+    """One row of the study table: validation metrics of a setting's seed-0 ``full`` run, test for information;
+    ``auc``: the column of the denoised AUC (``auc_label_mean``: study 4's tie-free score)."""
     run = dict(dataset=dataset, setting=setting, variant="full", seed="0")
     rows = select(metrics, **run)
     val1, val10 = one(rows, split="validation", num_samples="1"), one(rows, split="validation", num_samples="10")
@@ -533,15 +536,17 @@ def study_cells(metrics: Rows, curves: Rows, setting: str, dataset: str, with_de
     overrides = " ".join(o for o in val10["overrides"].split() if not o.startswith("progress_bar=")) or "-"
     gaps = [float(r["accuracy"]) - float(r["prior_accuracy"]) for r in (val1, val10)]
     cells = [setting, DATASETS[dataset], *([val10["device"]] if with_device else []), overrides]
-    cells += [checkpoint_epoch(curves, **run), *(triple(r, ("accuracy", "macro_f1", "auc")) for r in (val1, val10))]
+    cells += [checkpoint_epoch(curves, **run), *(triple(r, ("accuracy", "macro_f1", auc)) for r in (val1, val10))]
     cells += [triple(val10, PRIOR_ACC_AUC), " / ".join(f"{g:+.3f}" for g in gaps)]
-    return cells + [val10["train_seconds"], triple(test10, ("accuracy", "auc")), triple(test10, PRIOR_ACC_AUC)]
+    return cells + [val10["train_seconds"], triple(test10, ("accuracy", auc)), triple(test10, PRIOR_ACC_AUC)]
 
 
-def study_table(metrics: Rows, curves: Rows, settings: Sequence[str] | None = None, with_device: bool = False) -> str:
+def study_table(
+    metrics: Rows, curves: Rows, settings: Sequence[str] | None = None, with_device: bool = False, auc: str = "auc"
+) -> str:
     """The settings study on the validation split (seed 0, ``full``) from ``collect.py``'s metrics and curves;
     settings without rows: not finished. ``settings``: those shown (None: all); ``with_device``: a column naming
-    each run's device (for rows of several sessions)."""
+    each run's device (for rows of several sessions); ``auc``: as in :func:`study_cells`."""
     found = {r["setting"] for r in select(curves, variant="full", seed="0")} | {
         r["setting"] for r in select(metrics, variant="full", seed="0")
     }
@@ -549,7 +554,7 @@ def study_table(metrics: Rows, curves: Rows, settings: Sequence[str] | None = No
     finished = {r["setting"] for r in select(metrics, variant="full", seed="0", split="validation")}
     order = sorted(settings, key=lambda s: (s != "default", s not in finished, s))
     rows = [
-        study_cells(metrics, curves, s, d, with_device)
+        study_cells(metrics, curves, s, d, with_device, auc)
         for s in order
         for d in DATASETS
         if select(curves, setting=s, dataset=d, variant="full", seed="0") or select(metrics, setting=s, dataset=d)
@@ -559,6 +564,9 @@ def study_table(metrics: Rows, curves: Rows, settings: Sequence[str] | None = No
     )
     header += ["val S=10 ACC / F1 / AUC", "val prior ACC / AUC", "val denoised - prior ACC (S=1 / S=10)"]
     header += ["training s", "test S=10 ACC / AUC (information)", "test prior ACC / AUC (information)"]
+    if auc != "auc":  # the score the denoised AUCs rank by
+        score = f"AUC ({auc.removeprefix('auc_').replace('_', ' ')})"
+        header = [h.replace("AUC", score) if " S=" in h else h for h in header]
     return markdown(header, rows)
 
 
@@ -603,6 +611,21 @@ def diagnostics_table(rows: Rows) -> str:
     header += ["rho(x) of another image: labels changed", "uniform prior: ACC / labels changed"]
     header += ["logistic [log prior] ACC / AUC", "logistic [log prior, rho(x)] ACC / AUC"]
     return markdown(header, table)
+
+
+def in_sample_table(rows: Rows) -> str:
+    """The fused prior on the training images (in-sample: the priors the denoiser learns from; out of fold under
+    ``prior_folds``) against the validation and test images (``diagnostics.py --splits train validation test``):
+    accuracy and confidence."""
+    columns = [("train", "prior"), ("train", "prior_out_of_fold"), ("validation", "prior"), ("test", "prior")]
+    table = []
+    for run in sorted({(r["setting"], r["dataset"], r["seed"]) for r in select(rows, split="train")}):
+        found = {(r["split"], r["measure"]): r for r in select(rows, setting=run[0], dataset=run[1], seed=run[2])}
+        cells = [triple(found.get(column), ("accuracy", "confidence")) for column in columns]
+        table.append([run[0], display(run[1]), run[2], *cells])
+    header = ["setting", "dataset", "seed", "train prior ACC / confidence (in-sample)"]
+    header += ["train out-of-fold prior ACC / confidence", "validation prior ACC / confidence"]
+    return markdown(header + ["test prior ACC / confidence"], table)
 
 
 def seeds_cells(metrics: Rows, setting: str, dataset: str) -> tuple[list[str], list[float]]:
@@ -870,6 +893,47 @@ def second_view_table(predictions: Rows) -> str:
     return markdown(header + ["McNemar p, mean of prior and basic vs prior"], rows)
 
 
+def pooled(found: Sequence[Evaluation]) -> Evaluation:
+    """Several evaluations' images as one (a field one of them lacks is None)."""
+
+    def join(field: str):
+        parts = [getattr(e, field) for e in found]
+        if any(p is None for p in parts):
+            return None
+        return [i for p in parts for i in p] if field == "ids" else np.concatenate(parts)
+
+    return Evaluation(*map(join, Evaluation._fields))
+
+
+def denoised_vs_prior_table(predictions: Rows, diagnostics: Rows, setting: str, dataset: str) -> str:
+    """Study 8: one setting's denoised prediction (S = 10) against its own fused prior, per seed and split, then the
+    seeds' images pooled (their AUC: the seeds' mean, as scores of different models do not rank together): the
+    images only one of the two gets right, the McNemar p-value, and the share of labels that another image's
+    rho(x) changes (``diagnostics.py``)."""
+    runs, rows = evaluations(predictions), []
+
+    def auc(e: Evaluation, scores: np.ndarray) -> float:
+        return macro_auc(np.ones((1, len(e.true))), e.true, scores)[0]
+
+    for split in ("validation", "test"):
+        found = {
+            k[3]: e for k, e in sorted(runs.items()) if k[:3] == (dataset, setting, "full") and k[4:] == ("10", split)
+        }
+        aucs = {seed: (auc(e, e.label_mean), auc(e, e.prior_probs)) for seed, e in found.items()}
+        aucs["pooled"] = tuple(np.mean(list(aucs.values()), axis=0))
+        for seed, e in [*found.items(), ("pooled", pooled(list(found.values())))]:
+            denoised, prior = e.predicted == e.true, e.prior == e.true
+            swap = [r for r in select(diagnostics, setting=setting, dataset=dataset, seed=seed, split=split)
+                    if r["measure"] == "features_swapped"]  # fmt: skip
+            cells = [display(dataset), seed, split, str(len(e.ids)), f"{denoised.mean():.3f} / {aucs[seed][0]:.3f}"]
+            cells += [f"{prior.mean():.3f} / {aucs[seed][1]:.3f}", f"{denoised.mean() - prior.mean():+.3f}"]
+            cells += [f"{np.sum(denoised & ~prior)} / {np.sum(~denoised & prior)}", f"{mcnemar_p(denoised, prior):.3g}"]
+            rows.append(cells + [f"{100 * float(swap[0]['changed_vs_denoised']):.1f} %" if swap else "-"])
+    header = ["dataset", "seed", "split", "images", "denoised S=10 ACC / AUC (label mean)", "prior ACC / AUC"]
+    header += ["denoised - prior ACC", "images only the denoised / only the prior gets right", "McNemar p"]
+    return markdown(header + ["rho(x) of another image: labels changed"], rows)
+
+
 def uncertainties(evaluation: Evaluation) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Each uncertainty compared, with the correctness of the prediction it goes with: the denoised entropy and
     the samples' disagreement (the denoised label), the fused prior's softmax entropy (the prior's label)."""
@@ -979,6 +1043,10 @@ SOURCES = {
     "learning_rate_cpu.csv": Source("2026-11-27", f"{TE} --set lr_denoiser=0.0003, collect.py", CPU4),
     "diffusion_study_cpu.csv": Source("2026-12-01", f"{TE} --set ..., collect.py --name diffusion_study_cpu"),
     "diagnostics_cpu.csv": Source("2026-12-01", "diagnostics.py --runs runs/cpu_*/*_seed0"),
+    "audit_study_cpu.csv": Source("2026-12-02", f"{TE} --setting S, collect.py --name audit_study_cpu"),
+    "diagnostics_audit_cpu.csv": Source(
+        "2026-12-02", "diagnostics.py --runs runs/cpu_S/D_small_full_S_seedN --splits train validation test"
+    ),
     "test_selection_cpu.csv": Source("2026-12-01", "test_selection.py --datasets D --seeds 0"),
     "medmnist_schedule_cpu.csv": Source(
         "2026-12-01",
@@ -1028,7 +1096,22 @@ MAP = [  # the pages' sections in page order, each with its tables and figures a
             "medmnist_schedule_cpu": table(SCHEDULE, SCHEDULE_PREDICTIONS, build=medmnist_schedule_table),
             "second_view_cpu": table(SCHEDULE_PREDICTIONS, build=second_view_table),
             "ranking_cpu": table(SCHEDULE, build=ranking_table),
+            "audit_study_cpu": STUDY("audit_study_cpu.csv", "audit_study_cpu_curves.csv", auc="auc_label_mean"),
+            "diagnostics_audit_cpu": table("diagnostics_audit_cpu.csv", build=diagnostics_table),
+            "in_sample_cpu": table("diagnostics_audit_cpu.csv", build=in_sample_table),
+            "crossfit_seeds_cpu": table(
+                "audit_study_cpu_predictions.csv.gz",
+                "diagnostics_audit_cpu.csv",
+                build=denoised_vs_prior_table,
+                setting="y0_crossfit",
+                dataset="breastmnist",
+            ),
             "test_selection_cpu": table("test_selection_cpu.csv", build=test_selection_table),
+        },
+        {
+            "prior_vs_denoised_epochs_crossfit.png": table(
+                "audit_study_cpu_curves.csv", build=draw_curves, settings=("y0_crossfit",)
+            )
         },
     ),
     Section(
