@@ -173,7 +173,8 @@ def test_cli_training_smoke(tmp_path):
     assert latest["dcg_lr_scheduler"]["milestones"] == {1: 1}
     assert [g["lr"] for g in latest["dcg_optimizer"]["param_groups"]] == [pytest.approx(1e-4)]
     copies = {k.split(".")[1] for k in latest["fold_guidance"]}
-    assert copies == {"0", "1"} and not any("copies" in k for k in torch.load(tmp_path / "models" / "model.pt"))
+    model = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert copies == {"0", "1"} and not any("copies" in k for k in model)
     assert "loss_ce_folds" in done.stderr + done.stdout  # logged beside the DCG's own cross-entropy
 
 
