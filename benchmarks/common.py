@@ -295,3 +295,23 @@ def setting_overrides(name: str, folder: Path = SETTINGS) -> dict[str, Any]:
     if not isinstance(content, dict):
         raise SystemExit(f"{path}: expected config ids and values, got {type(content).__name__}")
     return content
+
+
+RUN_CONFIG = "run_config.json"  # in a train_evaluate.py run folder: the configs and overrides it was trained with
+
+
+def run_config(run_dir: Path) -> dict[str, Any]:
+    """The configs (relative to the bundle folder) and config overrides a run folder was trained with: the record
+    ``train_evaluate.py`` writes there, else, for a folder without one (trained before the record existed), what
+    its name says: its recipe's configs and its setting's file. Scripts that rebuild a run's network read it, so
+    that a setting which changes the network or its sampler (``width2048``, ``px64``) is evaluated as trained."""
+    record = run_dir / RUN_CONFIG
+    if record.is_file():
+        return json.loads(record.read_text())
+    fields = run_fields(run_dir.name)
+    if fields is None:
+        raise ValueError(f"{run_dir}: no {RUN_CONFIG} and not a run folder name (<dataset>_<recipe>_<variant>_seed<S>)")
+    return {
+        "configs": recipe_configs(fields["dataset"], fields["recipe"]),
+        "overrides": setting_overrides(fields["setting"]),
+    }

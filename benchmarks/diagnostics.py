@@ -139,7 +139,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser = script_parser(__doc__, "--runs", "--set")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=RESULTS / "diagnostics.csv")
-    parser.add_argument("--splits", nargs="+", choices=("train", *SPLITS), default=list(SPLITS))
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        choices=("train", *SPLITS),
+        default=list(SPLITS),
+        help="splits measured; train: the in-sample priors the denoiser learnt from (and a cross-fitted run's "
+        "out-of-fold ones)",
+    )
     args = parser.parse_args(argv)
     overrides = dict(parse_override(text) for text in args.set)
     stamp, written = row_stamp(), []

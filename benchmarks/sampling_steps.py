@@ -36,9 +36,9 @@ from common import (  # noqa: E402 - beside this script
     append_row,
     as_stored,
     parse_override,
-    recipe_configs,
     recorded_keys,
     row_stamp,
+    run_config,
     run_fields,
     script_parser,
 )
@@ -79,17 +79,16 @@ class Run:
 
         return load_weights(parser.get_parsed_content("network_def").to(device), str(self.checkpoint), device).eval()
 
-    def configs(self) -> list[str]:
-        """The config files the run was trained with, then evaluate.yaml (relative to the bundle folder)."""
-        return [*recipe_configs(self.dataset, self.recipe), "configs/evaluate.yaml"]
-
 
 def load_parser(run: Run, split: str, overrides: dict):
-    """The evaluation config of ``run`` on ``split``, parsed from the bundle folder (where ``scripts`` imports)."""
+    """The evaluation config of ``run`` on ``split``, parsed from the bundle folder (where ``scripts`` imports): the
+    configs and overrides the run was trained with (:func:`common.run_config`), evaluate.yaml, then ``overrides``."""
     from monai.bundle import ConfigParser
 
+    trained = run_config(run.path)
     parser = ConfigParser()
-    parser.read_config([str(BUNDLE / c) for c in run.configs()])
+    parser.read_config([str(BUNDLE / c) for c in [*trained["configs"], "configs/evaluate.yaml"]])
+    parser.update(trained["overrides"])
     parser.update({"bundle_root": str(BUNDLE), "seed": run.seed, "variant": run.variant, "eval_split": split})
     parser.update(overrides)
     return parser

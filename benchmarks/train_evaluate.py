@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402 - beside this script
     BUNDLE,
     RESULTS,
+    RUN_CONFIG,
     append_row,
     in_bundle_folder,
     override_text,
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
             common = dict(overrides, seed=seed, variant=args.variant, model_dir=str(run_dir / "models"))
             marker = run_dir / "trained.json"  # written once training has finished: a killed run trains again
             if not marker.is_file():
+                run_dir.mkdir(parents=True, exist_ok=True)  # what scripts that rebuild the network read back
+                (run_dir / RUN_CONFIG).write_text(json.dumps({"configs": train_configs, "overrides": overrides}))
                 seconds, epochs = bundle_run(  # resume: a killed training continues from its latest checkpoint
                     "training", train_configs, args.train_seconds, output_dir=str(run_dir / "tb"), resume=True, **common
                 )

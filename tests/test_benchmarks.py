@@ -3,6 +3,7 @@
 import csv
 import gzip
 import importlib.util
+import json
 import math
 import os
 import re
@@ -121,6 +122,8 @@ def test_train_evaluate_tiny_run_records_each_evaluation_once(tmp_path):
     assert all(0.0 <= float(r["accuracy"]) <= 1.0 and 0.0 <= float(r["prior_accuracy"]) <= 1.0 for r in rows)
     run_dir = tmp_path / "breastmnist_small_full_seed0"
     assert (run_dir / "test_samples2" / "calibration.png").is_file() and (run_dir / "tsne" / "tsne.png").is_file()
+    trained_with = {"configs": ["configs/train.yaml", "configs/data/breastmnist.yaml", "configs/small.yaml"]}
+    assert json.loads((run_dir / "run_config.json").read_text()) == trained_with | {"overrides": script.TINY}
     script.main(args)  # everything recorded: nothing trained or evaluated again
     assert read_rows(tmp_path / "results.csv") == rows
 
@@ -571,7 +574,7 @@ def test_gpu_ablation_runs_a_picked_job_in_tiny_mode_and_packs_its_results(tmp_p
     assert "work/job70/results.csv" in names and not any("/models" in n for n in names)
 
     bad = subprocess.run(["bash", script], cwd=REPO, env=dict(env, PART="y1"), capture_output=True, text=True)
-    assert bad.returncode == 2 and "medmnist_schedule, crossfit, authors_mmd, all or job numbers" in bad.stderr
+    assert bad.returncode == 2 and "crossfit, authors_mmd, crossfit5, all or job numbers" in bad.stderr
 
 
 # the `--set` of each `--setting` in gpu_ablation.sh before the settings became files (commit 3868c2c)
@@ -597,6 +600,7 @@ NEW_SETTINGS = {  # never passed by --set
     "basic_medmnist": MEDMNIST_SCHEDULE,
     "y0_medmnist": MEDMNIST_SCHEDULE,
     "y0_crossfit": {"prior_folds": 2},
+    "y0_crossfit5": {"prior_folds": 5},
     "y0_authors_mmd": {"mmd_bandwidths": "$[@num_classes/2**0.5]"},
 }
 
@@ -618,10 +622,25 @@ def test_settings_files_give_the_overrides_gpu_ablation_passed():
         assert " ".join(common.override_text(k, v) for k, v in overrides.items()) == old
     jobs = (REPO / "benchmarks" / "gpu_ablation.sh").read_text().split("<<EOF\n", 1)[1].split("\nEOF\n", 1)[0]
     jobs = jobs.splitlines()
-    assert len(jobs) == 86
+    assert len(jobs) == 92
     named = [line.split(" --setting ", 1)[1] for line in jobs if " --setting " in line]
-    assert len(named) == 74 and set(named) == set(files) and not any("--set " in j for j in jobs)
+    assert len(named) == 80 and set(named) == set(files) and not any("--set " in j for j in jobs)
     assert all("--variant basic" in j for j in jobs if "basic_medmnist" in j)
+
+
+def test_a_run_is_rebuilt_with_the_configs_and_overrides_it_was_trained_with(tmp_path):
+    """sampling_steps.py and diagnostics.py parse a run's network from train_evaluate.py's record in its folder; a
+    folder without one (trained before the record) from its name: its recipe and its setting's file."""
+    script = load_script("sampling_steps")
+    run = tmp_path / "breastmnist_small_full_width2048_seed1"
+    (run / "models").mkdir(parents=True)
+    (run / "models" / "model.pt").touch()  # Run asks only that it exists; the parser does not read it
+    parser = script.load_parser(script.Run(run), "test", {})
+    assert (parser["width"], parser["image_size"], parser["seed"], parser["eval_split"]) == (2048, 28, 1, "test")
+    record = {"configs": ["configs/train.yaml", "configs/data/breastmnist.yaml"], "overrides": {"width": 64}}
+    (run / "run_config.json").write_text(json.dumps(record))
+    parser = script.load_parser(script.Run(run), "test", {"num_rois": 2})  # the caller's overrides come last
+    assert (parser["width"], parser["image_size"], parser["num_rois"]) == (64, 224, 2)  # train.yaml's 224 px
 
 
 def test_train_evaluate_merges_the_setting_file_under_set():
