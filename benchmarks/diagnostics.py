@@ -11,8 +11,9 @@ reverse chain and the noise evaluation uses (seeded per image id, S = 1):
   that change are those rho(x) decides;
 - ``uniform_prior``: the prior replaced by the uniform one (rho(x) kept): what rho(x) alone leads to;
 - ``prior``: the fused DCG prior's argmax;
-- ``prior_out_of_fold`` (training images of a ``prior_folds`` run only): each image's fused prior from the DCG
-  copy that did not train on it (the latest checkpoint's copies): the priors cross-fitting conditions on.
+- ``prior_out_of_fold`` and ``prior_latest`` (training images of a ``prior_folds`` run only): each image's fused
+  prior from the DCG copy that did not train on it (the latest checkpoint's copies: the priors cross-fitting
+  conditions on), and the in-sample one of the DCG of the same checkpoint, to compare them at one epoch.
 
 Each row has the accuracy and macro AUC, the mean probability of the predicted class (``confidence``: a prior
 surer on the training images than on the others is one the denoiser learns to copy), and the shares of labels
@@ -27,6 +28,7 @@ rho(x) carries that the prior lacks, as far as a linear model on the validation 
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,25 +61,31 @@ def counterfactuals(network, inferer, outputs: dict) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def out_of_fold_priors(run: Run, parser, network, device: torch.device) -> torch.Tensor | None:
-    """The training images' fused priors from the DCG copies of a cross-fitted run (``prior_folds``, kept in the
-    latest checkpoint), each from the copy that did not train on the image; None for a run without copies."""
+def latest_epoch_priors(run: Run, parser, network, device: torch.device) -> dict[str, torch.Tensor]:
+    """The training images' fused priors at the epoch of a cross-fitted run's latest checkpoint, the one that keeps
+    the DCG copies (``prior_folds``): ``prior_out_of_fold``, each image's from the copy that did not train on it,
+    and ``prior_latest``, the in-sample one of that epoch's own DCG (``model.pt``, and so ``prior``, holds the
+    best epoch's, which may be another). Empty for a run without copies."""
     from scripts.crossfit import FoldGuidance
 
     latest = sorted(run.path.glob("models/latest_checkpoint_epoch=*.pt"), key=lambda p: p.stat().st_mtime)
-    state = torch.load(latest[-1], map_location=device, weights_only=True).get("fold_guidance") if latest else None
-    if not state:
-        return None
-    folds = len({key.split(".")[1] for key in state if key.startswith("copies.")})
+    state = torch.load(latest[-1], map_location=device, weights_only=True) if latest else {}
+    if not state.get("fold_guidance"):
+        return {}
+    folds = len({key.split(".")[1] for key in state["fold_guidance"] if key.startswith("copies.")})
     guidance = FoldGuidance(network.dcg, folds, parser.get_parsed_content("datalists")["train"], run.seed)
-    guidance.load_state_dict(state)
+    guidance.load_state_dict(state["fold_guidance"])
+    dcg = copy.deepcopy(network.dcg)
+    dcg.load_state_dict({k.removeprefix("dcg."): v for k, v in state["network"].items() if k.startswith("dcg.")})
     guidance.to(device)
-    priors = []
+    dcg.to(device).eval()
+    out_of_fold, latest_dcg = [], []
     for batch in parser.get_parsed_content("validate#dataloader"):
         images = batch["image"].to(device)
         folds_of = guidance.folds([str(i) for i in batch["id"]], device)
-        priors.append(guidance.priors(images, folds_of, lambda dcg, x: dcg(x))["fused"])
-    return torch.cat(priors)
+        out_of_fold.append(guidance.priors(images, folds_of, lambda model, x: model(x))["fused"])
+        latest_dcg.append(torch.softmax(dcg(images)["fused"], dim=1))
+    return {"prior_out_of_fold": torch.cat(out_of_fold), "prior_latest": torch.cat(latest_dcg)}
 
 
 def stackers(fit: dict, test: dict, seed: int) -> dict[str, torch.Tensor]:
@@ -118,8 +126,8 @@ def measure_run(
         with torch.no_grad():
             outputs[split] = backbone_outputs(network, parser.get_parsed_content("validate#dataloader"), device)
             probs = counterfactuals(network, inferer, outputs[split])
-        if split == "train" and (out_of_fold := out_of_fold_priors(run, parser, network, device)) is not None:
-            probs["prior_out_of_fold"] = out_of_fold
+        if split == "train":
+            probs.update(latest_epoch_priors(run, parser, network, device))
         if split == "test" and "validation" in outputs:
             probs.update(stackers(outputs["validation"], outputs["test"], run.seed))
         labels, denoised = outputs[split]["labels"], probs["denoised"].argmax(1).cpu()

@@ -615,16 +615,18 @@ def diagnostics_table(rows: Rows) -> str:
 
 def in_sample_table(rows: Rows) -> str:
     """The fused prior on the training images (in-sample: the priors the denoiser learns from; out of fold under
-    ``prior_folds``) against the validation and test images (``diagnostics.py --splits train validation test``):
-    accuracy and confidence."""
-    columns = [("train", "prior"), ("train", "prior_out_of_fold"), ("validation", "prior"), ("test", "prior")]
+    ``prior_folds``, with the in-sample one of the copies' epoch) against the validation and test images
+    (``diagnostics.py --splits train validation test``): accuracy and confidence."""
+    columns = [("train", "prior"), ("train", "prior_out_of_fold"), ("train", "prior_latest")]
+    columns += [("validation", "prior"), ("test", "prior")]
     table = []
     for run in sorted({(r["setting"], r["dataset"], r["seed"]) for r in select(rows, split="train")}):
         found = {(r["split"], r["measure"]): r for r in select(rows, setting=run[0], dataset=run[1], seed=run[2])}
         cells = [triple(found.get(column), ("accuracy", "confidence")) for column in columns]
         table.append([run[0], display(run[1]), run[2], *cells])
     header = ["setting", "dataset", "seed", "train prior ACC / confidence (in-sample)"]
-    header += ["train out-of-fold prior ACC / confidence", "validation prior ACC / confidence"]
+    header += ["train out-of-fold prior ACC / confidence", "train in-sample prior at the copies' epoch"]
+    header += ["validation prior ACC / confidence"]
     return markdown(header + ["test prior ACC / confidence"], table)
 
 

@@ -493,9 +493,9 @@ def test_sampling_steps_rows_agree_with_the_evaluation_inferer_and_resume(tmp_pa
 
 def test_diagnostics_counterfactuals_and_stackers_on_the_tiny_bundle(tmp_path, trained_bundle):
     """benchmarks/diagnostics.py: every measure on the three splits asked for, the stackers on test only, `denoised`
-    equal to the evaluation inferer's S = 1 accuracy, `prior` to the prior's, the out-of-fold priors of a latest
-    checkpoint with DCG copies (here copies of the network's own DCG: the prior itself), and a measured run skipped
-    the second time."""
+    equal to the evaluation inferer's S = 1 accuracy, `prior` to the prior's, the out-of-fold and same-epoch priors of
+    a latest checkpoint with DCG copies (here copies of the network's own DCG: the prior itself), and a measured run
+    skipped the second time."""
     import torch
 
     from conftest import TINY
@@ -509,7 +509,8 @@ def test_diagnostics_counterfactuals_and_stackers_on_the_tiny_bundle(tmp_path, t
     evaluated = script.load_parser(script.Run(run), "test", dict(TINY))
     network = load_weights(evaluated.get_parsed_content("network_def"), str(run / "models" / "model.pt"), "cpu")
     copies = FoldGuidance(network.dcg, 2, evaluated.get_parsed_content("datalists")["train"], seed=0)
-    torch.save({"fold_guidance": copies.state_dict()}, run / "models" / "latest_checkpoint_epoch=3.pt")
+    latest = {"network": network.state_dict(), "fold_guidance": copies.state_dict()}
+    torch.save(latest, run / "models" / "latest_checkpoint_epoch=3.pt")
     out = tmp_path / "diagnostics.csv"
     args = ["--runs", str(run), "--device", "cpu", "--out", str(out), "--splits", "train", "validation", "test"]
     args += ["--set"] + [f"{k}={v}" for k, v in TINY.items() if k != "seed"]
@@ -517,16 +518,18 @@ def test_diagnostics_counterfactuals_and_stackers_on_the_tiny_bundle(tmp_path, t
     rows = read_rows(out)
     assert rows == written and list(rows[0]) == script.COLUMNS
     expected = {(split, m) for split in ("train", *script.SPLITS) for m in script.MEASURES}
-    expected |= {("test", m) for m in script.STACKERS} | {("train", "prior_out_of_fold")}
+    expected |= {("test", m) for m in script.STACKERS} | {("train", "prior_out_of_fold"), ("train", "prior_latest")}
     assert sorted((r["split"], r["measure"]) for r in rows) == sorted(expected)
     by = {(r["split"], r["measure"]): r for r in rows}
     assert {r["images"] for r in rows if r["split"] == "test"} == {"156"}
     assert {r["images"] for r in rows if r["split"] == "train"} == {"546"}  # the training images, in-sample
     assert by[("test", "denoised")]["changed_vs_denoised"] == "0"
     assert by[("test", "prior")]["changed_vs_prior"] == "0"
-    assert by[("train", "prior_out_of_fold")]["changed_vs_prior"] == "0"  # copies of the DCG: its own priors
-    confidences = [float(by[("train", m)]["confidence"]) for m in ("prior_out_of_fold", "prior")]
-    assert math.isclose(*confidences, rel_tol=1e-5)
+    for measure in ("prior_out_of_fold", "prior_latest"):  # copies of the DCG, and the DCG itself: its own priors
+        assert by[("train", measure)]["changed_vs_prior"] == "0"
+        assert math.isclose(
+            float(by[("train", measure)]["confidence"]), float(by[("train", "prior")]["confidence"]), rel_tol=1e-5
+        )
     for row in rows:
         assert 0.0 <= float(row["accuracy"]) <= 1.0 and 0.0 <= float(row["changed_vs_denoised"]) <= 1.0
         assert 0.0 <= float(row["changed_vs_prior"]) <= 1.0
