@@ -1065,6 +1065,13 @@ SOURCES = {
     "diffusion_study_cpu.csv": Source("2026-12-01", f"{TE} --set ..., collect.py --name diffusion_study_cpu"),
     "diagnostics_cpu.csv": Source("2026-12-01", "diagnostics.py --runs runs/cpu_*/*_seed0"),
     "audit_study_cpu.csv": Source("2026-12-02", f"{TE} --setting S, collect.py --name audit_study_cpu"),
+    "crossfit_retinamnist_cpu.csv": Source(
+        "2026-12-02", f"{TE} --datasets retinamnist --setting y0_crossfit, collect.py --name crossfit_retinamnist_cpu"
+    ),
+    "diagnostics_crossfit_cpu.csv": Source(
+        "2026-12-02",
+        "diagnostics.py --runs runs/cpu_y0_crossfit_sN/retinamnist_small_full_y0_crossfit_seedN --splits train ...",
+    ),
     "diagnostics_audit_cpu.csv": Source(
         "2026-12-02", "diagnostics.py --runs runs/cpu_S/D_small_full_S_seedN --splits train validation test"
     ),
@@ -1103,6 +1110,7 @@ Y0_CPU, Y0_CPU_CURVES = "small_y0_cpu.csv", "small_y0_cpu_curves.csv"
 PAGE, STEPS_Y0 = "benchmarks.md", "sampling_steps_y0_cpu.csv"
 STUDY = functools.partial(table, build=study_table, with_device=True)
 SCHEDULE, SCHEDULE_PREDICTIONS = "medmnist_schedule_cpu.csv", "medmnist_schedule_cpu_predictions.csv.gz"
+AUDIT_DIAGNOSTICS = ("diagnostics_audit_cpu.csv", "diagnostics_crossfit_cpu.csv")  # Xeon, then AMD (study 9)
 MAP = [  # the pages' sections in page order, each with its tables and figures and their CSVs
     Section(
         PAGE,
@@ -1118,8 +1126,8 @@ MAP = [  # the pages' sections in page order, each with its tables and figures a
             "second_view_cpu": table(SCHEDULE_PREDICTIONS, build=second_view_table),
             "ranking_cpu": table(SCHEDULE, build=ranking_table),
             "audit_study_cpu": STUDY("audit_study_cpu.csv", "audit_study_cpu_curves.csv", auc="auc_label_mean"),
-            "diagnostics_audit_cpu": table("diagnostics_audit_cpu.csv", build=diagnostics_table),
-            "in_sample_cpu": table("diagnostics_audit_cpu.csv", build=in_sample_table),
+            "diagnostics_audit_cpu": table(AUDIT_DIAGNOSTICS, build=diagnostics_table),
+            "in_sample_cpu": table(AUDIT_DIAGNOSTICS, build=in_sample_table),
             "crossfit_seeds_cpu": table(
                 "audit_study_cpu_predictions.csv.gz",
                 "diagnostics_audit_cpu.csv",
@@ -1127,12 +1135,23 @@ MAP = [  # the pages' sections in page order, each with its tables and figures a
                 setting="y0_crossfit",
                 dataset="breastmnist",
             ),
-            "epoch_mean_cpu": table("audit_study_cpu_curves.csv", build=epoch_mean_table),
+            "crossfit_seeds_retinamnist_cpu": table(
+                "crossfit_retinamnist_cpu_predictions.csv.gz",
+                "diagnostics_crossfit_cpu.csv",
+                build=denoised_vs_prior_table,
+                setting="y0_crossfit",
+                dataset="retinamnist",
+            ),
+            "epoch_mean_cpu": table(
+                ("audit_study_cpu_curves.csv", "crossfit_retinamnist_cpu_curves.csv"), build=epoch_mean_table
+            ),
             "test_selection_cpu": table("test_selection_cpu.csv", build=test_selection_table),
         },
         {
             "prior_vs_denoised_epochs_crossfit.png": table(
-                "audit_study_cpu_curves.csv", build=draw_curves, settings=("y0_crossfit",)
+                ("audit_study_cpu_curves.csv", "crossfit_retinamnist_cpu_curves.csv"),
+                build=draw_curves,
+                settings=("y0_crossfit",),
             )
         },
     ),

@@ -148,7 +148,8 @@ def test_report_rebuilds_the_committed_pages_from_the_csvs(tmp_path):
     for name in figures:
         assert (tmp_path / "images" / name).read_bytes().startswith(b"\x89PNG")
     names = ["diffusion_study_cpu", "diagnostics_cpu", "medmnist_schedule_cpu", "second_view_cpu", "ranking_cpu"]
-    names += ["audit_study_cpu", "diagnostics_audit_cpu", "in_sample_cpu", "crossfit_seeds_cpu", "epoch_mean_cpu"]
+    names += ["audit_study_cpu", "diagnostics_audit_cpu", "in_sample_cpu", "crossfit_seeds_cpu"]
+    names += ["crossfit_seeds_retinamnist_cpu", "epoch_mean_cpu"]
     names += ["test_selection_cpu", "ablation_y0", "published", "paper_datasets_cpu", "uncertainty_cpu"]
     names += ["evaluation_y0_cpu", "speed_h200", "speed_cpu", "sampling_steps_y0_cpu"]
     names += ["smallest_k_y0_cpu", "study_h100", "seeds", "fixed_prior_cpu", "learning_rate_cpu"]
