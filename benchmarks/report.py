@@ -16,6 +16,7 @@ Running it twice changes nothing:
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import re
 import statistics
@@ -907,33 +908,98 @@ def pooled(found: Sequence[Evaluation]) -> Evaluation:
     return Evaluation(*map(join, Evaluation._fields))
 
 
+def image_auc(evaluation: Evaluation, scores: np.ndarray) -> float:
+    """The AUC of one evaluation's images ranked by ``scores`` (images x classes)."""
+    return float(macro_auc(np.ones((1, len(evaluation.true))), evaluation.true, scores)[0])
+
+
+def paired_cells(correct: np.ndarray, auc: float, other_correct: np.ndarray, other_auc: float) -> list[str]:
+    """Two predictions of the same images (per image: right or not; and their AUCs): each one's ACC / AUC, the
+    ACC difference, the images only one of them gets right, and the McNemar p-value."""
+    only, only_other = np.sum(correct & ~other_correct), np.sum(~correct & other_correct)
+    cells = [f"{correct.mean():.3f} / {auc:.3f}", f"{other_correct.mean():.3f} / {other_auc:.3f}"]
+    return cells + [
+        f"{correct.mean() - other_correct.mean():+.3f}",
+        f"{only} / {only_other}",
+        p_cell(mcnemar_p(correct, other_correct)),
+    ]
+
+
+def seeds_and_pooled(pairs: dict[str, tuple[Evaluation, Evaluation]]) -> list[tuple[str, Evaluation, Evaluation]]:
+    """Each seed's pair of evaluations of the same images, then the seeds' images pooled."""
+    firsts, seconds = (pooled([pair[i] for pair in pairs.values()]) for i in (0, 1))
+    return [(seed, *pair) for seed, pair in pairs.items()] + [("pooled", firsts, seconds)]
+
+
 def denoised_vs_prior_table(predictions: Rows, diagnostics: Rows, setting: str, dataset: str) -> str:
     """Study 8: one setting's denoised prediction (S = 10) against its own fused prior, per seed and split, then the
     seeds' images pooled (their AUC: the seeds' mean, as scores of different models do not rank together): the
     images only one of the two gets right, the McNemar p-value, and the share of labels that another image's
     rho(x) changes (``diagnostics.py``)."""
     runs, rows = evaluations(predictions), []
-
-    def auc(e: Evaluation, scores: np.ndarray) -> float:
-        return macro_auc(np.ones((1, len(e.true))), e.true, scores)[0]
-
     for split in ("validation", "test"):
         found = {
-            k[3]: e for k, e in sorted(runs.items()) if k[:3] == (dataset, setting, "full") and k[4:] == ("10", split)
+            k[3]: (e, e)
+            for k, e in sorted(runs.items())
+            if k[:3] == (dataset, setting, "full") and k[4:] == ("10", split)
         }
-        aucs = {seed: (auc(e, e.label_mean), auc(e, e.prior_probs)) for seed, e in found.items()}
+        aucs = {seed: (image_auc(e, e.label_mean), image_auc(e, e.prior_probs)) for seed, (e, _) in found.items()}
         aucs["pooled"] = tuple(np.mean(list(aucs.values()), axis=0))
-        for seed, e in [*found.items(), ("pooled", pooled(list(found.values())))]:
-            denoised, prior = e.predicted == e.true, e.prior == e.true
+        for seed, e, _ in seeds_and_pooled(found):
             swap = [r for r in select(diagnostics, setting=setting, dataset=dataset, seed=seed, split=split)
                     if r["measure"] == "features_swapped"]  # fmt: skip
-            cells = [display(dataset), seed, split, str(len(e.ids)), f"{denoised.mean():.3f} / {aucs[seed][0]:.3f}"]
-            cells += [f"{prior.mean():.3f} / {aucs[seed][1]:.3f}", f"{denoised.mean() - prior.mean():+.3f}"]
-            cells += [f"{np.sum(denoised & ~prior)} / {np.sum(~denoised & prior)}", f"{mcnemar_p(denoised, prior):.3g}"]
+            cells = [display(dataset), seed, split, str(len(e.ids))]
+            cells += paired_cells(e.predicted == e.true, aucs[seed][0], e.prior == e.true, aucs[seed][1])
             rows.append(cells + [f"{100 * float(swap[0]['changed_vs_denoised']):.1f} %" if swap else "-"])
     header = ["dataset", "seed", "split", "images", "denoised S=10 ACC / AUC (label mean)", "prior ACC / AUC"]
     header += ["denoised - prior ACC", "images only the denoised / only the prior gets right", "McNemar p"]
     return markdown(header + ["rho(x) of another image: labels changed"], rows)
+
+
+def denoised_vs_basic_table(predictions: Rows, setting: str, basic_settings: Sequence[str]) -> str:
+    """Study 11: one setting's denoised prediction (S = 10, AUC of study 4's label mean) against the ``basic``
+    ResNet-18 of each of ``basic_settings`` (its softmax's AUC), the same seed against the same seed, per dataset
+    and split, then the seeds' images pooled (AUC: the seeds' mean)."""
+    runs, rows = evaluations(predictions), []
+
+    def basic(dataset: str, basic_setting: str, seed: str, split: str) -> Evaluation | None:
+        """The basic run's evaluation (basic ignores S: the first one evaluated)."""
+        found = [
+            e for k, e in sorted(runs.items()) if k[:4] == (dataset, basic_setting, "basic", seed) and k[5] == split
+        ]
+        return found[0] if found else None
+
+    for dataset, basic_setting, split in itertools.product(DATASETS, basic_settings, ("validation", "test")):
+        pairs = {}
+        for seed in SEEDS:
+            full, other = (
+                runs.get((dataset, setting, "full", seed, "10", split)),
+                basic(dataset, basic_setting, seed, split),
+            )
+            if full is None or other is None:
+                continue
+            if full.ids != other.ids:
+                raise ValueError(f"{dataset} seed {seed} {split}: {setting} and {basic_setting} saw different images")
+            pairs[seed] = (full, other)
+        if not pairs:
+            continue
+        aucs = {seed: (image_auc(f, f.label_mean), image_auc(b, b.probs)) for seed, (f, b) in pairs.items()}
+        aucs["pooled"] = tuple(np.mean(list(aucs.values()), axis=0))
+        for seed, full, other in seeds_and_pooled(pairs):
+            cells = [display(dataset), basic_setting, split, seed, str(len(full.ids))]
+            rows.append(cells + paired_cells(full.predicted == full.true, aucs[seed][0], other.predicted == other.true,
+                                             aucs[seed][1]))  # fmt: skip
+    header = [
+        "dataset",
+        "basic",
+        "split",
+        "seed",
+        "images",
+        f"{setting} S=10 ACC / AUC (label mean)",
+        "basic ACC / AUC",
+    ]
+    header += [f"{setting} - basic ACC", f"images only {setting} / only basic gets right", "McNemar p"]
+    return markdown(header, rows)
 
 
 def epoch_mean_table(curves: Rows, last: int = 10) -> str:
@@ -980,19 +1046,32 @@ def error_auroc(correct: np.ndarray, uncertainty: np.ndarray) -> float:
     return float(weighted_auc(counts, ~correct, uncertainty)[0]) if 0 < correct.sum() < len(correct) else math.nan
 
 
-def uncertainty_table(predictions: Rows) -> str:
+def uncertainty_table(predictions: Rows, settings: Sequence[str] | None = None) -> str:
     """Does the diffusion's uncertainty flag errors better than the prior's own entropy? Error AUROC, and the
     accuracy left when the most uncertain images are referred, of every ``full`` evaluation with S = 10 that
-    recorded the prior's probabilities."""
-    rows = []
+    recorded the prior's probabilities (of ``settings`` only, where given), and the seeds' mean where a setting
+    has several."""
+    measured: dict[tuple[str, str, str], dict[str, list[list[float]]]] = {}  # per seed: per uncertainty
     for (dataset, setting, variant, seed, samples, split), found in sorted(evaluations(predictions).items()):
         if variant != "full" or samples != "10" or found.prior_probs is None:
             continue
-        cells = [setting, display(dataset), seed, split]
+        if settings is not None and setting not in settings:
+            continue
+        values = measured.setdefault((setting, dataset, split), {})
         for u, correct in uncertainties(found).values():
-            referred = " / ".join(f"{referred_accuracy(correct, u, s):.3f}" for s in REFERRED)
-            cells += [f"{error_auroc(correct, u):.3f}", referred if np.ptp(u) > 0 else "- (equal on every image)"]
-        rows.append(cells)
+            referred = [referred_accuracy(correct, u, s) if np.ptp(u) > 0 else math.nan for s in REFERRED]
+            values.setdefault(seed, []).append([error_auroc(correct, u), *referred])
+    rows = []
+    for (setting, dataset, split), values in sorted(measured.items(), key=lambda item: (item[0][1], item[0][0])):
+        if len(values) > 1:
+            values = {**values, "mean": np.mean(list(values.values()), axis=0).tolist()}
+        for seed, measures in values.items():
+            cells = [setting, display(dataset), seed, split]
+            for auroc, *referred in measures:
+                kept = " / ".join(f"{a:.3f}" for a in referred)
+                equal = "- (equal on every image)" if seed != "mean" else "-"
+                cells += [f"{auroc:.3f}", equal if math.isnan(referred[0]) else kept]
+            rows.append(cells)
     shares = "/".join(f"{100 * s:.0f}" for s in REFERRED)
     header = ["setting", "dataset", "seed", "split"]
     for name in ("denoised entropy", "samples' disagreement", "prior entropy"):
@@ -1110,6 +1189,7 @@ Y0_CPU, Y0_CPU_CURVES = "small_y0_cpu.csv", "small_y0_cpu_curves.csv"
 PAGE, STEPS_Y0 = "benchmarks.md", "sampling_steps_y0_cpu.csv"
 STUDY = functools.partial(table, build=study_table, with_device=True)
 SCHEDULE, SCHEDULE_PREDICTIONS = "medmnist_schedule_cpu.csv", "medmnist_schedule_cpu_predictions.csv.gz"
+CROSSFIT_PREDICTIONS = ("audit_study_cpu_predictions.csv.gz", "crossfit_retinamnist_cpu_predictions.csv.gz")
 AUDIT_DIAGNOSTICS = ("diagnostics_audit_cpu.csv", "diagnostics_crossfit_cpu.csv")  # Xeon, then AMD (study 9)
 MAP = [  # the pages' sections in page order, each with its tables and figures and their CSVs
     Section(
@@ -1173,6 +1253,7 @@ MAP = [  # the pages' sections in page order, each with its tables and figures a
         "Uncertainty and calibration",
         {
             "uncertainty_cpu": table(SCHEDULE_PREDICTIONS, build=uncertainty_table),
+            "uncertainty_crossfit_cpu": table(CROSSFIT_PREDICTIONS, build=uncertainty_table, settings=("y0_crossfit",)),
             "evaluation_y0_cpu": table(Y0_CPU, build=evaluation_table, setting="y0"),
         },
         {"risk_coverage.png": table(SCHEDULE_PREDICTIONS, build=draw_risk_coverage)},

@@ -151,6 +151,7 @@ def test_report_rebuilds_the_committed_pages_from_the_csvs(tmp_path):
     names += ["audit_study_cpu", "diagnostics_audit_cpu", "in_sample_cpu", "crossfit_seeds_cpu"]
     names += ["crossfit_seeds_retinamnist_cpu", "epoch_mean_cpu"]
     names += ["test_selection_cpu", "ablation_y0", "published", "paper_datasets_cpu", "uncertainty_cpu"]
+    names += ["uncertainty_crossfit_cpu"]
     names += ["evaluation_y0_cpu", "speed_h200", "speed_cpu", "sampling_steps_y0_cpu"]
     names += ["smallest_k_y0_cpu", "study_h100", "seeds", "fixed_prior_cpu", "learning_rate_cpu"]
     names += ["small_recipe_cpu", "headline"]
@@ -328,6 +329,59 @@ def test_report_second_view_and_uncertainty_tables_on_a_planted_case():
     assert uncertainty[8] == f"{roc_auc_score([0, 1, 1, 0], prior_u):.3f}"
     assert uncertainty[6:8] == ["0.500", "- (equal on every image)"]  # every sample agreed: no disagreement
     assert uncertainty[4] == "0.333"  # denoised entropy: the wrong image 2 ties two right ones at 0 nats, below one
+
+
+def test_report_pairs_each_seed_with_basic_pools_the_seeds_and_averages_their_uncertainty():
+    """Study 11's table pairs the denoised prediction with basic of the same seed, pools the seeds' images for
+    McNemar and averages their AUCs; the uncertainty table gives a setting of several seeds their mean."""
+    from sklearn.metrics import roc_auc_score
+
+    report = load_script("report")
+    truth = [1, 1, 0, 0]
+    label_mean = {"0": [0.9, 0.45, 0.4, 0.2], "1": [0.8, 0.3, 0.6, 0.1]}  # class-1 scores
+    basic_score = {"0": [0.7, 0.4, 0.3, 0.2], "1": [0.6, 0.7, 0.2, 0.45]}  # seed 0 misses image 1, seed 1 none
+    rows = []
+    for seed in ("0", "1"):
+        for i in range(4):
+            run = dict(dataset="retinamnist", recipe="small", seed=seed, split="validation", id=f"r_{i}")
+            run |= dict(true_label=str(truth[i]), prior_label=str(truth[i]))
+            full, basic = label_mean[seed][i], basic_score[seed][i]
+            rows.append(
+                run
+                | dict(setting="y0_crossfit", variant="full", num_samples="10", predicted_label=str(int(full > 0.5)))
+                | dict(prob_0=str(1 - full), prob_1=str(full), label_mean_0=str(1 - full), label_mean_1=str(full))
+                | dict(prior_prob_0="0.5", prior_prob_1="0.5", vote_agreement="1.0")
+            )
+            rows.append(
+                run
+                | dict(setting="basic", variant="basic", num_samples="1", predicted_label=str(int(basic > 0.5)))
+                | dict(prob_0=str(1 - basic), prob_1=str(basic))
+            )
+    text = f"<!-- table:t -->\n{report.denoised_vs_basic_table(rows, 'y0_crossfit', ('basic',))}\n<!-- end -->"
+    found = {r[3]: r[4:] for r in table_rows(text, "t", "RetinaMNIST", "basic")}
+    assert list(found) == ["0", "1", "pooled"]
+    auc = {s: (roc_auc_score(truth, label_mean[s]), roc_auc_score(truth, basic_score[s])) for s in ("0", "1")}
+    # seed 0: both miss image 1 alone; seed 1: the denoised prediction misses images 1 and 2, basic none
+    assert found["0"] == ["4", f"0.750 / {auc['0'][0]:.3f}", f"0.750 / {auc['0'][1]:.3f}", "+0.000", "0 / 0", "1"]
+    assert found["1"][:4] == ["4", f"0.500 / {auc['1'][0]:.3f}", f"1.000 / {auc['1'][1]:.3f}", "-0.500"]
+    pooled_auc = [np.mean([auc[s][k] for s in auc]) for k in (0, 1)]
+    p_value = binomtest(0, 2, 0.5).pvalue  # pooled: 2 images only basic gets right
+    assert found["pooled"] == [
+        "8",
+        f"0.625 / {pooled_auc[0]:.3f}",
+        f"0.875 / {pooled_auc[1]:.3f}",
+        "-0.250",
+        "0 / 2",
+        f"{p_value:.3g}",
+    ]
+    uncertainty = f"<!-- table:t -->\n{report.uncertainty_table(rows, settings=('y0_crossfit',))}\n<!-- end -->"
+    seeds = {r[2]: r[4:] for r in table_rows(uncertainty, "t", "y0_crossfit", "RetinaMNIST")}
+    assert list(seeds) == ["0", "1", "mean"]
+    # each seed's wrong images have the highest denoised entropy (seed 0: 0.69 nats; seed 1: 0.67 and 0.61)
+    assert seeds["0"][0] == seeds["1"][0] == seeds["mean"][0] == "1.000"
+    assert seeds["1"][2:4] == ["0.500", "- (equal on every image)"]  # every sample agreed: nothing to rank
+    assert seeds["mean"][2:4] == ["0.500", "-"]
+    assert report.uncertainty_table(rows, settings=("y0",)).count("\n") == 1  # another setting: no rows
 
 
 def test_report_auc_and_bootstrap_agree_with_sklearn():
