@@ -12,7 +12,9 @@
 #      loss (3 seeds each), the authors' DCG objective, and the three together (one seed each);
 #   7. study 3: basic and full (y0) on MedMNIST v2's schedule, 100 epochs, 3 seeds each;
 #   8. study 5: cross-fitted priors (prior_folds 2), 3 seeds; the authors' MMD kernel, one seed;
-#   9. study 10: cross-fitted priors with 5 folds (prior_folds 5), 3 seeds.
+#   9. study 10: cross-fitted priors with 5 folds (prior_folds 5), 3 seeds;
+#  10. study 11 at equal epochs with the fair baseline: cross-fitted priors on MedMNIST v2's schedule, 3 seeds
+#      (basic_medmnist's jobs 71-72 are its baseline).
 # A job's --setting NAME gives the config overrides of benchmarks/settings/NAME.yaml (train_evaluate.py merges it).
 # Every line below is one train_evaluate.py job with its own folder; JOBS of them run at once (a 28 px run is
 # launch-bound and leaves the GPU mostly idle). Each job's training stops EVAL_SECONDS before LIMIT (at the end
@@ -25,8 +27,9 @@
 # EXTRA_ARGS adds arguments to every job (e.g. "--tiny --datasets breastmnist" for a dry run on a CPU).
 # PART=ablation runs only the ablation's jobs (1-12), PART=study only the study's (13-28), PART=seeds 29-36,
 # PART=y0 37-40, PART=fixed_prior 41-48, PART=learning_rate 49-54, PART=diffusion_study 55-70,
-# PART=medmnist_schedule 71-78, PART=crossfit 79-84, PART=authors_mmd 85-86, PART=crossfit5 87-92; all by
-# default. PART may also list job numbers, started in that order (e.g. PART="25 26 29 19").
+# PART=medmnist_schedule 71-78, PART=crossfit 79-84, PART=authors_mmd 85-86, PART=crossfit5 87-92,
+# PART=crossfit_medmnist 93-98; all by default. PART may also list job numbers, started in that order
+# (e.g. PART="25 26 29 19").
 set -u
 : "${OUT:?set OUT to the results folder}"
 : "${DIFFMIC_DATA_DIR:?set DIFFMIC_DATA_DIR to the data folder}"
@@ -137,6 +140,12 @@ jobs() {
 --datasets breastmnist $both --no-tsne --seeds 0 --setting y0_crossfit5
 --datasets breastmnist $both --no-tsne --seeds 1 --setting y0_crossfit5
 --datasets breastmnist $both --no-tsne --seeds 2 --setting y0_crossfit5
+--datasets retinamnist $both --no-tsne --seeds 0 --setting y0_crossfit_medmnist
+--datasets retinamnist $both --no-tsne --seeds 1 --setting y0_crossfit_medmnist
+--datasets retinamnist $both --no-tsne --seeds 2 --setting y0_crossfit_medmnist
+--datasets breastmnist $both --no-tsne --seeds 0 --setting y0_crossfit_medmnist
+--datasets breastmnist $both --no-tsne --seeds 1 --setting y0_crossfit_medmnist
+--datasets breastmnist $both --no-tsne --seeds 2 --setting y0_crossfit_medmnist
 EOF
 }
 case "${PART:-all}" in
@@ -151,8 +160,9 @@ case "${PART:-all}" in
   crossfit) picked=$(seq 79 84) ;;
   authors_mmd) picked=$(seq 85 86) ;;
   crossfit5) picked=$(seq 87 92) ;;
-  all) picked=$(seq 1 92) ;;
-  *[!0-9\ ]* | "") echo "PART must be ablation, study, seeds, y0, fixed_prior, learning_rate, diffusion_study, medmnist_schedule, crossfit, authors_mmd, crossfit5, all or job numbers, not ${PART}" >&2; exit 2 ;;
+  crossfit_medmnist) picked=$(seq 93 98) ;;
+  all) picked=$(seq 1 98) ;;
+  *[!0-9\ ]* | "") echo "PART must be ablation, study, seeds, y0, fixed_prior, learning_rate, diffusion_study, medmnist_schedule, crossfit, authors_mmd, crossfit5, crossfit_medmnist, all or job numbers, not ${PART}" >&2; exit 2 ;;
   *) picked=$PART ;;
 esac
 

@@ -632,7 +632,7 @@ def test_gpu_ablation_runs_a_picked_job_in_tiny_mode_and_packs_its_results(tmp_p
     assert "work/job70/results.csv" in names and not any("/models" in n for n in names)
 
     bad = subprocess.run(["bash", script], cwd=REPO, env=dict(env, PART="y1"), capture_output=True, text=True)
-    assert bad.returncode == 2 and "crossfit, authors_mmd, crossfit5, all or job numbers" in bad.stderr
+    assert bad.returncode == 2 and "crossfit5, crossfit_medmnist, all or job numbers" in bad.stderr
 
 
 # the `--set` of each `--setting` in gpu_ablation.sh before the settings became files (commit 3868c2c)
@@ -659,6 +659,7 @@ NEW_SETTINGS = {  # never passed by --set
     "y0_medmnist": MEDMNIST_SCHEDULE,
     "y0_crossfit": {"prior_folds": 2},
     "y0_crossfit5": {"prior_folds": 5},
+    "y0_crossfit_medmnist": {**MEDMNIST_SCHEDULE, "prior_folds": 2},
     "y0_authors_mmd": {"mmd_bandwidths": "$[@num_classes/2**0.5]"},
 }
 
@@ -680,9 +681,9 @@ def test_settings_files_give_the_overrides_gpu_ablation_passed():
         assert " ".join(common.override_text(k, v) for k, v in overrides.items()) == old
     jobs = (REPO / "benchmarks" / "gpu_ablation.sh").read_text().split("<<EOF\n", 1)[1].split("\nEOF\n", 1)[0]
     jobs = jobs.splitlines()
-    assert len(jobs) == 92
+    assert len(jobs) == 98
     named = [line.split(" --setting ", 1)[1] for line in jobs if " --setting " in line]
-    assert len(named) == 80 and set(named) == set(files) and not any("--set " in j for j in jobs)
+    assert len(named) == 86 and set(named) == set(files) and not any("--set " in j for j in jobs)
     assert all("--variant basic" in j for j in jobs if "basic_medmnist" in j)
 
 
