@@ -926,9 +926,11 @@ def paired_cells(correct: np.ndarray, auc: float, other_correct: np.ndarray, oth
 
 
 def seeds_and_pooled(pairs: dict[str, tuple[Evaluation, Evaluation]]) -> list[tuple[str, Evaluation, Evaluation]]:
-    """Each seed's pair of evaluations of the same images, then the seeds' images pooled."""
-    firsts, seconds = (pooled([pair[i] for pair in pairs.values()]) for i in (0, 1))
-    return [(seed, *pair) for seed, pair in pairs.items()] + [("pooled", firsts, seconds)]
+    """Each seed's pair of evaluations of the same images, then, for several seeds, their images pooled."""
+    seeds = [(seed, *pair) for seed, pair in pairs.items()]
+    if len(pairs) == 1:
+        return seeds
+    return seeds + [("pooled", *(pooled([pair[i] for pair in pairs.values()]) for i in (0, 1)))]
 
 
 def denoised_vs_prior_table(predictions: Rows, diagnostics: Rows, setting: str, dataset: str) -> str:
@@ -1009,7 +1011,9 @@ def epoch_mean_table(curves: Rows, last: int = 10) -> str:
     so two settings keep different epochs of the same DCG; here they are read at the same epochs. (The curves'
     denoised AUC is the tied probabilities', not study 4's label mean: left out.)"""
     table = []
-    for setting, dataset, seed in sorted({(r["setting"], r["dataset"], r["seed"]) for r in curves}):
+    for setting, dataset, seed in sorted(
+        {(r["setting"], r["dataset"], r["seed"]) for r in select(curves, variant="full")}
+    ):
         run = dict(setting=setting, dataset=dataset, seed=seed, variant="full")
         denoised, prior = (dict(curve(curves, tag, **run)) for tag in ("accuracy", "prior_accuracy"))
         epochs = sorted(denoised)[-last:]
@@ -1131,6 +1135,7 @@ CPU4 = (
     "CPU session 4 of 2026-11-27 (Intel Xeon, 2 cores): the y0 recipe, accuracy against K, the denoiser's learning rate"
 )
 TE = "train_evaluate.py --samples 1 10 --splits validation test --no-tsne"
+VARIANTS_CPU = "crossfit_variants_cpu"  # y0_crossfit5 (study 10) and y0_crossfit_medmnist (study 12), BreastMNIST
 SOURCES = {
     "speed_h200.csv": Source("", "bash benchmarks/gpu_session.sh (speed.py)", GPU1),
     "ablation_h200.csv": Source("2026-11-26", "bash benchmarks/gpu_ablation.sh, collect.py --name ablation_h200", GPU2),
@@ -1155,6 +1160,13 @@ SOURCES = {
         "2026-12-02", "diagnostics.py --runs runs/cpu_S/D_small_full_S_seedN --splits train validation test"
     ),
     "test_selection_cpu.csv": Source("2026-12-01", "test_selection.py --datasets D --seeds 0"),
+    "basic_cpu.csv": Source("2026-12-02", f"{TE} --variant basic --setting basic, collect.py --name basic_cpu"),
+    f"{VARIANTS_CPU}.csv": Source(
+        "2026-12-02", f"{TE} --datasets breastmnist --setting y0_crossfit5 | y0_crossfit_medmnist, collect.py"
+    ),
+    f"diagnostics_{VARIANTS_CPU}.csv": Source(
+        "2026-12-02", "diagnostics.py --runs runs/cpu_S/breastmnist_small_full_S_seed0 --splits train validation test"
+    ),
     "medmnist_schedule_cpu.csv": Source(
         "2026-12-01",
         f"{TE} --setting basic_medmnist --variant basic | y0_medmnist, collect.py --name medmnist_schedule_cpu",
@@ -1190,7 +1202,12 @@ PAGE, STEPS_Y0 = "benchmarks.md", "sampling_steps_y0_cpu.csv"
 STUDY = functools.partial(table, build=study_table, with_device=True)
 SCHEDULE, SCHEDULE_PREDICTIONS = "medmnist_schedule_cpu.csv", "medmnist_schedule_cpu_predictions.csv.gz"
 CROSSFIT_PREDICTIONS = ("audit_study_cpu_predictions.csv.gz", "crossfit_retinamnist_cpu_predictions.csv.gz")
-AUDIT_DIAGNOSTICS = ("diagnostics_audit_cpu.csv", "diagnostics_crossfit_cpu.csv")  # Xeon, then AMD (study 9)
+# Xeon (studies 5-8), AMD (study 9), AMD (studies 10 and 12)
+AUDIT_DIAGNOSTICS = (
+    "diagnostics_audit_cpu.csv",
+    "diagnostics_crossfit_cpu.csv",
+    "diagnostics_crossfit_variants_cpu.csv",
+)
 MAP = [  # the pages' sections in page order, each with its tables and figures and their CSVs
     Section(
         PAGE,
@@ -1223,7 +1240,31 @@ MAP = [  # the pages' sections in page order, each with its tables and figures a
                 dataset="retinamnist",
             ),
             "epoch_mean_cpu": table(
-                ("audit_study_cpu_curves.csv", "crossfit_retinamnist_cpu_curves.csv"), build=epoch_mean_table
+                (
+                    "audit_study_cpu_curves.csv",
+                    "crossfit_retinamnist_cpu_curves.csv",
+                    "medmnist_schedule_cpu_curves.csv",
+                    f"{VARIANTS_CPU}_curves.csv",
+                ),
+                build=epoch_mean_table,
+            ),
+            "basic_crossfit_cpu": table(
+                (*CROSSFIT_PREDICTIONS, "basic_cpu_predictions.csv.gz", SCHEDULE_PREDICTIONS),
+                build=denoised_vs_basic_table,
+                setting="y0_crossfit",
+                basic_settings=("basic", "basic_medmnist"),
+            ),
+            "crossfit_variants_cpu": STUDY(
+                (SCHEDULE, f"{VARIANTS_CPU}.csv"),
+                ("medmnist_schedule_cpu_curves.csv", f"{VARIANTS_CPU}_curves.csv"),
+                settings=("y0_medmnist", "y0_crossfit_medmnist", "y0_crossfit5"),
+                auc="auc_label_mean",
+            ),
+            "crossfit_medmnist_basic_cpu": table(
+                (SCHEDULE_PREDICTIONS, f"{VARIANTS_CPU}_predictions.csv.gz"),
+                build=denoised_vs_basic_table,
+                setting="y0_crossfit_medmnist",
+                basic_settings=("basic_medmnist",),
             ),
             "test_selection_cpu": table("test_selection_cpu.csv", build=test_selection_table),
         },

@@ -150,6 +150,7 @@ def test_report_rebuilds_the_committed_pages_from_the_csvs(tmp_path):
     names = ["diffusion_study_cpu", "diagnostics_cpu", "medmnist_schedule_cpu", "second_view_cpu", "ranking_cpu"]
     names += ["audit_study_cpu", "diagnostics_audit_cpu", "in_sample_cpu", "crossfit_seeds_cpu"]
     names += ["crossfit_seeds_retinamnist_cpu", "epoch_mean_cpu"]
+    names += ["basic_crossfit_cpu", "crossfit_variants_cpu", "crossfit_medmnist_basic_cpu"]
     names += ["test_selection_cpu", "ablation_y0", "published", "paper_datasets_cpu", "uncertainty_cpu"]
     names += ["uncertainty_crossfit_cpu"]
     names += ["evaluation_y0_cpu", "speed_h200", "speed_cpu", "sampling_steps_y0_cpu"]
