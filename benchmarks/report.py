@@ -925,12 +925,12 @@ def paired_cells(correct: np.ndarray, auc: float, other_correct: np.ndarray, oth
     ]
 
 
-def seeds_and_pooled(pairs: dict[str, tuple[Evaluation, Evaluation]]) -> list[tuple[str, Evaluation, Evaluation]]:
-    """Each seed's pair of evaluations of the same images, then, for several seeds, their images pooled."""
-    seeds = [(seed, *pair) for seed, pair in pairs.items()]
-    if len(pairs) == 1:
+def seeds_and_pooled(found: dict[str, tuple[Evaluation, ...]]) -> list[tuple[str, tuple[Evaluation, ...]]]:
+    """Each seed's evaluations (of the same images), then, for several seeds, their images pooled."""
+    seeds = list(found.items())
+    if len(seeds) == 1:
         return seeds
-    return seeds + [("pooled", *(pooled([pair[i] for pair in pairs.values()]) for i in (0, 1)))]
+    return seeds + [("pooled", tuple(pooled(list(runs)) for runs in zip(*found.values(), strict=True)))]
 
 
 def denoised_vs_prior_table(predictions: Rows, diagnostics: Rows, setting: str, dataset: str) -> str:
@@ -941,13 +941,13 @@ def denoised_vs_prior_table(predictions: Rows, diagnostics: Rows, setting: str, 
     runs, rows = evaluations(predictions), []
     for split in ("validation", "test"):
         found = {
-            k[3]: (e, e)
+            k[3]: (e,)
             for k, e in sorted(runs.items())
             if k[:3] == (dataset, setting, "full") and k[4:] == ("10", split)
         }
-        aucs = {seed: (image_auc(e, e.label_mean), image_auc(e, e.prior_probs)) for seed, (e, _) in found.items()}
+        aucs = {seed: (image_auc(e, e.label_mean), image_auc(e, e.prior_probs)) for seed, (e,) in found.items()}
         aucs["pooled"] = tuple(np.mean(list(aucs.values()), axis=0))
-        for seed, e, _ in seeds_and_pooled(found):
+        for seed, (e,) in seeds_and_pooled(found):
             swap = [r for r in select(diagnostics, setting=setting, dataset=dataset, seed=seed, split=split)
                     if r["measure"] == "features_swapped"]  # fmt: skip
             cells = [display(dataset), seed, split, str(len(e.ids))]
@@ -974,10 +974,8 @@ def denoised_vs_basic_table(predictions: Rows, setting: str, basic_settings: Seq
     for dataset, basic_setting, split in itertools.product(DATASETS, basic_settings, ("validation", "test")):
         pairs = {}
         for seed in SEEDS:
-            full, other = (
-                runs.get((dataset, setting, "full", seed, "10", split)),
-                basic(dataset, basic_setting, seed, split),
-            )
+            full = runs.get((dataset, setting, "full", seed, "10", split))
+            other = basic(dataset, basic_setting, seed, split)
             if full is None or other is None:
                 continue
             if full.ids != other.ids:
@@ -987,20 +985,17 @@ def denoised_vs_basic_table(predictions: Rows, setting: str, basic_settings: Seq
             continue
         aucs = {seed: (image_auc(f, f.label_mean), image_auc(b, b.probs)) for seed, (f, b) in pairs.items()}
         aucs["pooled"] = tuple(np.mean(list(aucs.values()), axis=0))
-        for seed, full, other in seeds_and_pooled(pairs):
+        for seed, (full, other) in seeds_and_pooled(pairs):
             cells = [display(dataset), basic_setting, split, seed, str(len(full.ids))]
-            rows.append(cells + paired_cells(full.predicted == full.true, aucs[seed][0], other.predicted == other.true,
-                                             aucs[seed][1]))  # fmt: skip
-    header = [
-        "dataset",
-        "basic",
-        "split",
-        "seed",
-        "images",
-        f"{setting} S=10 ACC / AUC (label mean)",
+            right, other_right = full.predicted == full.true, other.predicted == other.true
+            rows.append(cells + paired_cells(right, aucs[seed][0], other_right, aucs[seed][1]))
+    header = ["dataset", "basic", "split", "seed", "images", f"{setting} S=10 ACC / AUC (label mean)"]
+    header += [
         "basic ACC / AUC",
+        f"{setting} - basic ACC",
+        f"images only {setting} / only basic gets right",
+        "McNemar p",
     ]
-    header += [f"{setting} - basic ACC", f"images only {setting} / only basic gets right", "McNemar p"]
     return markdown(header, rows)
 
 
