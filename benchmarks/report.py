@@ -1155,7 +1155,10 @@ SOURCES = {
         "2026-12-02", "diagnostics.py --runs runs/cpu_S/D_small_full_S_seedN --splits train validation test"
     ),
     "test_selection_cpu.csv": Source("2026-12-01", "test_selection.py --datasets D --seeds 0"),
-    "basic_cpu.csv": Source("2026-12-02", f"{TE} --variant basic --setting basic, collect.py --name basic_cpu"),
+    "basic_cpu.csv": Source(
+        "2026-12-02",
+        "train_evaluate.py --samples 1 --splits validation test --no-tsne --variant basic --setting basic, collect.py",
+    ),
     f"{VARIANTS_CPU}.csv": Source(
         "2026-12-02", f"{TE} --datasets breastmnist --setting y0_crossfit5 | y0_crossfit_medmnist, collect.py"
     ),
