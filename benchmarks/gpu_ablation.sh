@@ -13,8 +13,8 @@
 #   7. study 3: basic and full (y0) on MedMNIST v2's schedule, 100 epochs, 3 seeds each;
 #   8. study 5: cross-fitted priors (prior_folds 2), 3 seeds; the authors' MMD kernel, one seed;
 #   9. study 10: cross-fitted priors with 5 folds (prior_folds 5), 3 seeds;
-#  10. study 11 at equal epochs with the fair baseline: cross-fitted priors on MedMNIST v2's schedule, 3 seeds
-#      (basic_medmnist's jobs 71-72 are its baseline).
+#  10. studies 11 and 12 at equal epochs with the fair baseline: cross-fitted priors on MedMNIST v2's
+#      schedule, 3 seeds (basic_medmnist's jobs 71-72 are its baseline).
 # A job's --setting NAME gives the config overrides of benchmarks/settings/NAME.yaml (train_evaluate.py merges it).
 # Every line below is one train_evaluate.py job with its own folder; JOBS of them run at once (a 28 px run is
 # launch-bound and leaves the GPU mostly idle). Each job's training stops EVAL_SECONDS before LIMIT (at the end

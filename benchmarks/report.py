@@ -1199,6 +1199,7 @@ Y0_CPU, Y0_CPU_CURVES = "small_y0_cpu.csv", "small_y0_cpu_curves.csv"
 PAGE, STEPS_Y0 = "benchmarks.md", "sampling_steps_y0_cpu.csv"
 STUDY = functools.partial(table, build=study_table, with_device=True)
 SCHEDULE, SCHEDULE_PREDICTIONS = "medmnist_schedule_cpu.csv", "medmnist_schedule_cpu_predictions.csv.gz"
+SCHEDULE_CURVES = "medmnist_schedule_cpu_curves.csv"
 CROSSFIT_PREDICTIONS = ("audit_study_cpu_predictions.csv.gz", "crossfit_retinamnist_cpu_predictions.csv.gz")
 # Xeon (studies 5-8), AMD (study 9), AMD (studies 10 and 12)
 AUDIT_DIAGNOSTICS = (
@@ -1241,7 +1242,7 @@ MAP = [  # the pages' sections in page order, each with its tables and figures a
                 (
                     "audit_study_cpu_curves.csv",
                     "crossfit_retinamnist_cpu_curves.csv",
-                    "medmnist_schedule_cpu_curves.csv",
+                    SCHEDULE_CURVES,
                     f"{VARIANTS_CPU}_curves.csv",
                 ),
                 build=epoch_mean_table,
@@ -1254,7 +1255,7 @@ MAP = [  # the pages' sections in page order, each with its tables and figures a
             ),
             "crossfit_variants_cpu": STUDY(
                 (SCHEDULE, f"{VARIANTS_CPU}.csv"),
-                ("medmnist_schedule_cpu_curves.csv", f"{VARIANTS_CPU}_curves.csv"),
+                (SCHEDULE_CURVES, f"{VARIANTS_CPU}_curves.csv"),
                 settings=("y0_medmnist", "y0_crossfit_medmnist", "y0_crossfit5"),
                 auc="auc_label_mean",
             ),
