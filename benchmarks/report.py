@@ -44,6 +44,7 @@ SEEDS = ("0", "1", "2")
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 ALPHA = 0.05  # McNemar tests counted as significant below this p-value; 95 % bootstrap intervals
+AUC_TEST = "[95 % CI], p (paired bootstrap of the images)"  # the column of paired_auc_difference
 # MedMNIST v2 (Yang et al., "MedMNIST v2 - A large-scale lightweight benchmark for 2D and 3D biomedical image
 # classification", Scientific Data 10, 41, 2023), table of benchmark results: test AUC and ACC per method.
 PUBLISHED: dict[str, list[tuple[str, float, float]]] = {
@@ -533,21 +534,26 @@ def study_cells(
     if val1 is None or val10 is None:
         last = curve(curves, "prior_accuracy", **run)
         status = "not finished in the lease" + (f" (last validated epoch {last[-1][0]})" if last else "")
-        return [setting, DATASETS[dataset]] + ["-"] * with_device + ["-", "-", status] + ["-"] * 7
+        return [setting, display(dataset)] + ["-"] * with_device + ["-", "-", status] + ["-"] * 7
     overrides = " ".join(o for o in val10["overrides"].split() if not o.startswith("progress_bar=")) or "-"
     gaps = [float(r["accuracy"]) - float(r["prior_accuracy"]) for r in (val1, val10)]
-    cells = [setting, DATASETS[dataset], *([val10["device"]] if with_device else []), overrides]
+    cells = [setting, display(dataset), *([val10["device"]] if with_device else []), overrides]
     cells += [checkpoint_epoch(curves, **run), *(triple(r, ("accuracy", "macro_f1", auc)) for r in (val1, val10))]
     cells += [triple(val10, PRIOR_ACC_AUC), " / ".join(f"{g:+.3f}" for g in gaps)]
     return cells + [val10["train_seconds"], triple(test10, ("accuracy", auc)), triple(test10, PRIOR_ACC_AUC)]
 
 
 def study_table(
-    metrics: Rows, curves: Rows, settings: Sequence[str] | None = None, with_device: bool = False, auc: str = "auc"
+    metrics: Rows,
+    curves: Rows,
+    settings: Sequence[str] | None = None,
+    with_device: bool = False,
+    auc: str = "auc",
+    datasets: Sequence[str] = tuple(DATASETS),
 ) -> str:
     """The settings study on the validation split (seed 0, ``full``) from ``collect.py``'s metrics and curves;
     settings without rows: not finished. ``settings``: those shown (None: all); ``with_device``: a column naming
-    each run's device (for rows of several sessions); ``auc``: as in :func:`study_cells`."""
+    each run's device (for rows of several sessions); ``auc``: as in :func:`study_cells`; ``datasets``: in order."""
     found = {r["setting"] for r in select(curves, variant="full", seed="0")} | {
         r["setting"] for r in select(metrics, variant="full", seed="0")
     }
@@ -557,7 +563,7 @@ def study_table(
     rows = [
         study_cells(metrics, curves, s, d, with_device, auc)
         for s in order
-        for d in DATASETS
+        for d in datasets
         if select(curves, setting=s, dataset=d, variant="full", seed="0") or select(metrics, setting=s, dataset=d)
     ]
     header = (
@@ -925,6 +931,22 @@ def paired_cells(correct: np.ndarray, auc: float, other_correct: np.ndarray, oth
     ]
 
 
+def paired_auc_difference(pairs: Sequence[tuple[Evaluation, np.ndarray, np.ndarray]]) -> str:
+    """The AUC of one score minus another's on the same images, averaged over evaluations of the same images
+    (seeds), with its 95 % paired bootstrap interval and two-sided p-value: each resample draws images, the same
+    draw for both scores and every seed (the images are the unit), and p is twice the share of resamples on the
+    far side of 0 (at most 1). ``pairs``: (evaluation, its scores, the other scores), images x classes."""
+    ids = pairs[0][0].ids
+    if any(e.ids != ids for e, _, _ in pairs):
+        raise ValueError("a paired AUC test needs every evaluation on the same images in the same order")
+    counts = np.vstack([np.ones((1, len(ids))), bootstrap_counts(len(ids))])  # row 0: the images themselves
+    differences = np.mean([macro_auc(counts, e.true, a) - macro_auc(counts, e.true, b) for e, a, b in pairs], axis=0)
+    observed, resampled = differences[0], differences[1:][~np.isnan(differences[1:])]
+    p_value = min(1.0, 2 * min(np.mean(resampled <= 0), np.mean(resampled >= 0)))
+    low, high = percentile_bounds(resampled)
+    return f"{observed:+.3f} [{low:+.3f}, {high:+.3f}], p {p_cell(p_value)}"
+
+
 def seeds_and_pooled(found: dict[str, tuple[Evaluation, ...]]) -> list[tuple[str, tuple[Evaluation, ...]]]:
     """Each seed's evaluations (of the same images), then, for several seeds, their images pooled."""
     seeds = list(found.items())
@@ -947,21 +969,27 @@ def denoised_vs_prior_table(predictions: Rows, diagnostics: Rows, setting: str, 
         }
         aucs = {seed: (image_auc(e, e.label_mean), image_auc(e, e.prior_probs)) for seed, (e,) in found.items()}
         aucs["pooled"] = tuple(np.mean(list(aucs.values()), axis=0))
+        auc_pairs = {seed: [(e, e.label_mean, e.prior_probs)] for seed, (e,) in found.items()}
+        auc_pairs["pooled"] = [pair for seed_pairs in auc_pairs.values() for pair in seed_pairs]
         for seed, (e,) in seeds_and_pooled(found):
             swap = [r for r in select(diagnostics, setting=setting, dataset=dataset, seed=seed, split=split)
                     if r["measure"] == "features_swapped"]  # fmt: skip
             cells = [display(dataset), seed, split, str(len(e.ids))]
             cells += paired_cells(e.predicted == e.true, aucs[seed][0], e.prior == e.true, aucs[seed][1])
+            cells.append(paired_auc_difference(auc_pairs[seed]))
             rows.append(cells + [f"{100 * float(swap[0]['changed_vs_denoised']):.1f} %" if swap else "-"])
     header = ["dataset", "seed", "split", "images", "denoised S=10 ACC / AUC (label mean)", "prior ACC / AUC"]
     header += ["denoised - prior ACC", "images only the denoised / only the prior gets right", "McNemar p"]
+    header += [f"denoised - prior AUC {AUC_TEST}"]
     return markdown(header + ["rho(x) of another image: labels changed"], rows)
 
 
-def denoised_vs_basic_table(predictions: Rows, setting: str, basic_settings: Sequence[str]) -> str:
+def denoised_vs_basic_table(
+    predictions: Rows, setting: str, basic_settings: Sequence[str], datasets: Sequence[str] = tuple(DATASETS)
+) -> str:
     """Study 11: one setting's denoised prediction (S = 10, AUC of study 4's label mean) against the ``basic``
     ResNet-18 of each of ``basic_settings`` (its softmax's AUC), the same seed against the same seed, per dataset
-    and split, then the seeds' images pooled (AUC: the seeds' mean)."""
+    (of ``datasets``) and split, then the seeds' images pooled (AUC: the seeds' mean)."""
     runs, rows = evaluations(predictions), []
 
     def basic(dataset: str, basic_setting: str, seed: str, split: str) -> Evaluation | None:
@@ -971,7 +999,7 @@ def denoised_vs_basic_table(predictions: Rows, setting: str, basic_settings: Seq
         ]
         return found[0] if found else None
 
-    for dataset, basic_setting, split in itertools.product(DATASETS, basic_settings, ("validation", "test")):
+    for dataset, basic_setting, split in itertools.product(datasets, basic_settings, ("validation", "test")):
         pairs = {}
         for seed in SEEDS:
             full = runs.get((dataset, setting, "full", seed, "10", split))
@@ -985,16 +1013,20 @@ def denoised_vs_basic_table(predictions: Rows, setting: str, basic_settings: Seq
             continue
         aucs = {seed: (image_auc(f, f.label_mean), image_auc(b, b.probs)) for seed, (f, b) in pairs.items()}
         aucs["pooled"] = tuple(np.mean(list(aucs.values()), axis=0))
+        auc_pairs = {seed: [(f, f.label_mean, b.probs)] for seed, (f, b) in pairs.items()}
+        auc_pairs["pooled"] = [pair for seed_pairs in auc_pairs.values() for pair in seed_pairs]
         for seed, (full, other) in seeds_and_pooled(pairs):
             cells = [display(dataset), basic_setting, split, seed, str(len(full.ids))]
             right, other_right = full.predicted == full.true, other.predicted == other.true
-            rows.append(cells + paired_cells(right, aucs[seed][0], other_right, aucs[seed][1]))
+            cells += paired_cells(right, aucs[seed][0], other_right, aucs[seed][1])
+            rows.append(cells + [paired_auc_difference(auc_pairs[seed])])
     header = ["dataset", "basic", "split", "seed", "images", f"{setting} S=10 ACC / AUC (label mean)"]
     header += [
         "basic ACC / AUC",
         f"{setting} - basic ACC",
         f"images only {setting} / only basic gets right",
         "McNemar p",
+        f"{setting} - basic AUC {AUC_TEST}",
     ]
     return markdown(header, rows)
 

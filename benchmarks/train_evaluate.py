@@ -97,6 +97,8 @@ def metrics_row(report: dict) -> dict:
     fused = prior.get("fused", {})
     row.update({f"prior_{k}": fused.get(k, nan) for k in ("accuracy", "macro_f1", "auc", "kappa", "ece")})
     ranking = d.get("ranking", {})  # evaluations before the ranking block: none
+    # auc stays the clipped probabilities' in every CSV; metrics.json's auc ranks by the label mean since study 4
+    row["auc"] = ranking.get("probabilities", {}).get("auc", row["auc"])
     row["auc_tied_pairs"] = ranking.get("probabilities", {}).get("tied_pairs", nan)
     row["auc_label_mean"] = ranking.get("label_mean", {}).get("auc", nan)
     row["auc_then_prior"] = ranking.get("probabilities_then_prior", {}).get("auc", nan)

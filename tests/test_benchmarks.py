@@ -363,10 +363,14 @@ def test_report_pairs_each_seed_with_basic_pools_the_seeds_and_averages_their_un
     assert list(found) == ["0", "1", "pooled"]
     auc = {s: (roc_auc_score(truth, label_mean[s]), roc_auc_score(truth, basic_score[s])) for s in ("0", "1")}
     # seed 0: both miss image 1 alone; seed 1: the denoised prediction misses images 1 and 2, basic none
-    assert found["0"] == ["4", f"0.750 / {auc['0'][0]:.3f}", f"0.750 / {auc['0'][1]:.3f}", "+0.000", "0 / 0", "1"]
+    assert found["0"][:6] == ["4", f"0.750 / {auc['0'][0]:.3f}", f"0.750 / {auc['0'][1]:.3f}", "+0.000", "0 / 0", "1"]
+    assert found["0"][6].startswith(f"{auc['0'][0] - auc['0'][1]:+.3f} [")  # the paired bootstrap of the AUCs
     assert found["1"][:4] == ["4", f"0.500 / {auc['1'][0]:.3f}", f"1.000 / {auc['1'][1]:.3f}", "-0.500"]
     pooled_auc = [np.mean([auc[s][k] for s in auc]) for k in (0, 1)]
     p_value = binomtest(0, 2, 0.5).pvalue  # pooled: 2 images only basic gets right
+    runs = report.evaluations(rows)
+    pairs = [(runs[("retinamnist", "y0_crossfit", "full", s, "10", "validation")],
+              runs[("retinamnist", "basic", "basic", s, "1", "validation")]) for s in ("0", "1")]  # fmt: skip
     assert found["pooled"] == [
         "8",
         f"0.625 / {pooled_auc[0]:.3f}",
@@ -374,6 +378,7 @@ def test_report_pairs_each_seed_with_basic_pools_the_seeds_and_averages_their_un
         "-0.250",
         "0 / 2",
         f"{p_value:.3g}",
+        report.paired_auc_difference([(full, full.label_mean, basic.probs) for full, basic in pairs]),
     ]
     uncertainty = f"<!-- table:t -->\n{report.uncertainty_table(rows, settings=('y0_crossfit',))}\n<!-- end -->"
     seeds = {r[2]: r[4:] for r in table_rows(uncertainty, "t", "y0_crossfit", "RetinaMNIST")}
@@ -403,6 +408,30 @@ def test_report_auc_and_bootstrap_agree_with_sklearn():
         low, high = (float(x) for x in accuracy.strip("[]").split(","))
         assert low <= float((run.true == run.predicted).mean()) <= high
         assert report.bootstrap_intervals(run.true, run.predicted, run.probs) == (accuracy, auc)  # fixed seed
+
+
+def test_paired_auc_difference_on_planted_cases():
+    """The paired bootstrap of an AUC difference: zero against itself, clearly positive for a perfect ranking
+    against a random one (and the same p-value the other way round), a seed repeated gives the same answer, and
+    evaluations of different images are refused."""
+    report = load_script("report")
+    rng = np.random.default_rng(0)
+    true = np.repeat([0, 1], 40)
+    perfect = np.stack([1 - true, true], 1) * 0.5 + rng.random((80, 1)) * 0.1  # every positive above every negative
+    noise = rng.random((80, 2))
+    run = report.Evaluation([f"i{k}" for k in range(80)], true, true, true, perfect)
+    assert report.paired_auc_difference([(run, perfect, perfect)]) == "+0.000 [+0.000, +0.000], p 1"
+    better = report.paired_auc_difference([(run, perfect, noise)])
+    observed = 1.0 - report.image_auc(run, noise)
+    assert better.startswith(f"{observed:+.3f} [") and float(better.split("p ")[1]) < 0.05
+    low = float(better.split("[")[1].split(",")[0])
+    assert low > 0  # the interval excludes 0
+    worse = report.paired_auc_difference([(run, noise, perfect)])
+    assert worse.startswith(f"{-observed:+.3f} [") and worse.split("p ")[1] == better.split("p ")[1]
+    assert report.paired_auc_difference([(run, perfect, noise)] * 2) == better  # the mean of two equal seeds
+    other = run._replace(ids=[f"j{k}" for k in range(80)])
+    with pytest.raises(ValueError, match="same images"):
+        report.paired_auc_difference([(run, perfect, noise), (other, perfect, noise)])
 
 
 def write_csv(path, rows):

@@ -92,7 +92,7 @@ def test_evaluation_writes_every_metric_table_and_figure(evaluation, trained_bun
     assert accuracy == pytest.approx(denoised["accuracy"])
     probs = np.array([[float(r["prob_malignant"]), float(r["prob_normal_or_benign"])] for r in rows])
     assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
-    for name in ("confusion_matrix.png", "calibration.png"):
+    for name in ("confusion_matrix.png", "calibration.png", "roc.png"):
         assert (out / name).stat().st_size > 1000
     saliency = sorted(p.name for p in (out / "saliency").iterdir())
     assert len(saliency) == 156 and saliency[0].startswith("breastmnist_test_")

@@ -101,6 +101,22 @@ def test_ranking_scores_of_the_denoised_prediction_on_a_planted_case(tmp_path):
     assert ranking["probabilities_then_prior"] == {"auc": 0.75, "tied_pairs": 0.0}
 
 
+def test_the_denoised_auc_and_roc_curves_rank_by_the_label_mean(tmp_path):
+    """metrics.json's denoised auc is the tie-free label mean's (study 4), from the engine's label_mean output,
+    and roc.png is written; the clipped probabilities' auc stays in the ranking block."""
+    labels = torch.tensor([1, 1, 0, 0])
+    probs = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    label_mean = torch.tensor([[-0.2, 1.2], [0.9, 0.3], [-0.1, 1.1], [1.3, -0.4]])
+    prior = torch.tensor([[0.3, 0.7], [0.4, 0.6], [0.45, 0.55], [0.8, 0.2]])
+    batch = {"id": list("abcd"), "pred": probs, "label": labels, "label_mean": label_mean, "vote": probs.argmax(1)}
+    batch |= {"prior": prior, "prior_global": prior, "prior_local": prior, "entropy": torch.zeros(4)}
+    report_engine([batch], PredictionReport(str(tmp_path), ["x", "y"]))
+    denoised = json.loads((tmp_path / "metrics.json").read_text())["denoised"]
+    assert denoised["auc_score"] == "label_mean"
+    assert denoised["auc"] == 0.75 and denoised["ranking"]["probabilities"]["auc"] == 0.5
+    assert (tmp_path / "roc.png").stat().st_size > 1000
+
+
 def report_engine(batches: list[dict], handler: PredictionReport) -> Engine:
     engine = Engine(lambda e, batch: batch)
     handler.attach(engine)

@@ -421,8 +421,10 @@ class DiffMICEvaluator(SupervisedEvaluator):
     """Evaluates DiffMIC or runs it on unlabelled images.
 
     Outputs per batch: ``pred``, the mean class probabilities of the denoised samples (see
-    :mod:`scripts.uncertainty`); ``prior``, ``prior_global``, ``prior_local``, the DCG's prior
-    probabilities; ``denoised`` (B, S, C), ``vote``, ``agreement``, ``entropy``, ``saliency``, ``rois``;
+    :mod:`scripts.uncertainty`); ``label_mean``, the samples' unclipped mean label vector (the denoised
+    prediction's ranking score for AUCs: the clipped probabilities tie); ``prior``, ``prior_global``,
+    ``prior_local``, the DCG's prior probabilities; ``denoised`` (B, S, C), ``vote``, ``agreement``,
+    ``entropy``, ``saliency``, ``rois``;
     ``id``; and ``label`` when the batch has labels. ``inferer`` must be a :class:`DiffMICInferer`: the
     batch's ``id`` entries seed the sampling noise.
     """
@@ -444,6 +446,7 @@ class DiffMICEvaluator(SupervisedEvaluator):
         output = {
             Keys.IMAGE: images,
             Keys.PRED: out["probs"],
+            "label_mean": out["denoised"].mean(1),
             "prior": out["fused"],
             "prior_global": out["global"],
             "prior_local": out["local"],

@@ -1,4 +1,4 @@
-"""Figures of the evaluation: confusion matrices, reliability diagram, saliency overlays, t-SNE panels.
+"""Figures of the evaluation: confusion matrices, reliability diagram, ROC curves, saliency overlays, t-SNE panels.
 
 Built with matplotlib's object-oriented API (no pyplot state), so they draw in any thread or process
 without a display; :func:`save_figure` writes them atomically.
@@ -12,8 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from sklearn.metrics import roc_auc_score, roc_curve
 
-__all__ = ["confusion_figure", "calibration_figure", "saliency_figure", "tsne_figure", "save_figure"]
+__all__ = ["confusion_figure", "calibration_figure", "roc_figure", "saliency_figure", "tsne_figure", "save_figure"]
 
 
 def save_figure(figure: Figure, path: str, dpi: int = 120) -> None:
@@ -72,6 +73,37 @@ def calibration_figure(curves: dict[str, tuple[dict, float]], title: str = "") -
     ax.set_ylabel("accuracy")
     ax.legend(loc="upper left")
     ax.set_title(title or "reliability diagram")
+    return figure
+
+
+def roc_figure(
+    scores: dict[str, np.ndarray], labels: np.ndarray, class_names: Sequence[str], title: str = ""
+) -> Figure:
+    """ROC curves, one curve per score set, with its AUC: one panel for two classes (the second class is the
+    positive one, as in :func:`scripts.metrics.macro_auc`), one panel per class (one against the rest) otherwise.
+
+    Args:
+        scores: {label: (N, C) ranking scores}, e.g. the denoised prediction's and the fused prior's.
+        labels: the true class indices (N,).
+    """
+    truth = np.asarray(labels)
+    classes = [1] if len(class_names) == 2 else list(range(len(class_names)))
+    figure = Figure(figsize=(3.6 * len(classes), 3.8), layout="constrained")
+    for ax, c in zip(np.atleast_1d(figure.subplots(1, len(classes))), classes, strict=True):
+        positive = truth == c
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--")
+        if 0 < positive.sum() < len(truth):  # a curve needs positives and negatives
+            for label, values in scores.items():
+                score = np.asarray(values, dtype=float)[:, c]
+                fpr, tpr, _ = roc_curve(positive, score)
+                ax.plot(fpr, tpr, label=f"{label} (AUC {roc_auc_score(positive, score):.3f})")
+            ax.legend(loc="lower right", fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "undefined: one class only", ha="center", va="center")
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_title(f"{class_names[c]} against the rest", fontsize=9)
+    figure.suptitle(title or "ROC curves")
     return figure
 
 

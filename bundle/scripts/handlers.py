@@ -15,7 +15,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import decollate_batch
 
-from .figures import calibration_figure, confusion_figure, saliency_figure, save_figure
+from .figures import calibration_figure, confusion_figure, roc_figure, saliency_figure, save_figure
 from .metrics import calibration_bins, classification_report, ranking_report, uncertainty_report
 from .results import EVALUATION, report_written
 from .roi import normalized_saliency
@@ -29,6 +29,9 @@ PROBABILITY_RULE = (
     "per sample: clip the denoised label vector at 0 and divide by its sum (one-hot of its argmax when no entry "
     "is positive); per image: the mean over samples; prediction: argmax of the mean"
 )
+# The denoised AUC ranks by the samples' unclipped mean label vector: the clipped probabilities of a confident
+# denoiser are exact zeros and ones and tie (chosen on the validation split, docs/benchmarks.md, study 4).
+AUC_SCORE = "label_mean"
 
 
 SUMMARY = (("accuracy", "ACC"), ("auc", "AUC"), ("macro_f1", "macro-F1"), ("kappa", "kappa"), ("ece", "ECE"))
@@ -68,8 +71,9 @@ class PredictionReport:
       ``vote_agreement`` of the samples, ``prior_label`` and ``prior_prob_<class>`` (the DCG's fused
       prior alone: the ranking, the second view and the uncertainty baseline the benchmarks compare with),
       ``label_mean_<class>`` (the samples' unclipped mean label vector: a ranking score without ties);
-    - with labels: ``metrics.json`` (the denoised prediction's metrics, the same for each prior in
-      ``priors``, uncertainty metrics, and ``info``), ``confusion_matrix.png`` and ``calibration.png``.
+    - with labels: ``metrics.json`` (the denoised prediction's metrics, its ``auc`` by ``AUC_SCORE``; the same
+      for each prior in ``priors``, uncertainty metrics, and ``info``), ``confusion_matrix.png``,
+      ``calibration.png`` and ``roc.png`` (the denoised prediction's ROC curves beside the fused prior's).
 
     Every file is written atomically. Metrics are computed once over the whole split.
 
@@ -118,8 +122,12 @@ class PredictionReport:
             record["prior"] = {k: torch.as_tensor(item[f"prior{s}"]).double().cpu() for k, s in PRIORS.items()}
             record.update({k: _as_float(item[k]) for k in ("entropy", "agreement") if k in item})
             record["samples"] = int(torch.as_tensor(item["denoised"]).shape[0]) if "denoised" in item else 1
-            denoised = torch.as_tensor(item["denoised"]).double().cpu() if "denoised" in item else None
-            record["label_mean"] = denoised.mean(0) if denoised is not None else record["probs"]  # unclipped
+            if "label_mean" in item:  # unclipped; an output without samples ranks by its probabilities
+                record["label_mean"] = torch.as_tensor(item["label_mean"]).double().cpu()
+            elif "denoised" in item:
+                record["label_mean"] = torch.as_tensor(item["denoised"]).double().cpu().mean(0)
+            else:
+                record["label_mean"] = record["probs"]
             record["vote"] = int(item["vote"]) if "vote" in item else int(record["probs"].argmax())
             if item.get("label") is not None:
                 record["label"] = int(_as_float(item["label"]))
@@ -152,6 +160,10 @@ class PredictionReport:
         scores = torch.stack([r["prior"][prior] if prior else r["probs"] for r in self.records])
         return labels, scores
 
+    def ranking_scores(self) -> torch.Tensor:
+        """The denoised prediction's ``AUC_SCORE`` (N, C): what its AUC and ROC curves rank by."""
+        return torch.stack([r[AUC_SCORE] for r in self.records])
+
     def rankings(self, labels: torch.Tensor, probs: torch.Tensor) -> dict:
         """AUC and tied pairs of three scores of the denoised prediction (which one ranks best is chosen on
         the validation split, docs/benchmarks.md): the clipped, renormalised probabilities; the unclipped
@@ -175,6 +187,8 @@ class PredictionReport:
             "disagreement": uncertainty_report(probs, labels, disagreement, self.coverages) if several else None,
         }
         denoised["ranking"] = self.rankings(labels, probs)
+        denoised["auc"] = denoised["ranking"][AUC_SCORE]["auc"]
+        denoised["auc_score"] = AUC_SCORE
         prior = {}
         for name in self.priors:
             scores = self.labels_and_scores(name)[1]
@@ -206,10 +220,13 @@ class PredictionReport:
             os.path.join(self.output_dir, "confusion_matrix.png"),
         )
         curves = {"denoised": (calibration_bins(probs, labels, self.num_bins), report["denoised"]["ece"])}
+        ranked = {"denoised": self.ranking_scores()}
         if "fused" in report["prior"]:
             fused = self.labels_and_scores("fused")[1]
             curves["DCG prior"] = (calibration_bins(fused, labels, self.num_bins), report["prior"]["fused"]["ece"])
+            ranked["DCG prior"] = fused
         save_figure(calibration_figure(curves), os.path.join(self.output_dir, "calibration.png"))
+        save_figure(roc_figure(ranked, labels, self.class_names, title), os.path.join(self.output_dir, "roc.png"))
         report_written(self.output_dir, [name for name in EVALUATION if name != "saliency"])  # SaliencyWriter's
 
 

@@ -15,7 +15,7 @@ __all__ = ["EVALUATION", "INFERENCE", "TSNE", "keep_earlier_results", "report_wr
 logger = logging.getLogger(__name__)
 
 # what each run writes into its output_dir
-EVALUATION = ("metrics.json", "predictions.csv", "confusion_matrix.png", "calibration.png", "saliency")
+EVALUATION = ("metrics.json", "predictions.csv", "confusion_matrix.png", "calibration.png", "roc.png", "saliency")
 INFERENCE = ("predictions.csv", "skipped.csv", "saliency")
 TSNE = ("tsne.png",)
 
