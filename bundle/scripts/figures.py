@@ -80,7 +80,8 @@ def roc_figure(
     scores: dict[str, np.ndarray], labels: np.ndarray, class_names: Sequence[str], title: str = ""
 ) -> Figure:
     """ROC curves, one curve per score set, with its AUC: one panel for two classes (the second class is the
-    positive one, as in :func:`scripts.metrics.macro_auc`), one panel per class (one against the rest) otherwise.
+    positive one, as in :func:`scripts.metrics.macro_auc`), one panel per class (one against the rest) otherwise,
+    at most 4 panels a row.
 
     Args:
         scores: {label: (N, C) ranking scores}, e.g. the denoised prediction's and the fused prior's.
@@ -88,8 +89,13 @@ def roc_figure(
     """
     truth = np.asarray(labels)
     classes = [1] if len(class_names) == 2 else list(range(len(class_names)))
-    figure = Figure(figsize=(3.6 * len(classes), 3.8), layout="constrained")
-    for ax, c in zip(np.atleast_1d(figure.subplots(1, len(classes))), classes, strict=True):
+    columns = min(4, len(classes))
+    rows = -(-len(classes) // columns)
+    figure = Figure(figsize=(3.6 * columns, 3.8 * rows), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
+    for ax in axes[len(classes) :]:
+        ax.set_axis_off()
+    for ax, c in zip(axes, classes, strict=False):
         positive = truth == c
         ax.plot([0, 1], [0, 1], color="grey", linestyle="--")
         if 0 < positive.sum() < len(truth):  # a curve needs positives and negatives
@@ -99,7 +105,7 @@ def roc_figure(
                 ax.plot(fpr, tpr, label=f"{label} (AUC {roc_auc_score(positive, score):.3f})")
             ax.legend(loc="lower right", fontsize=8)
         else:
-            ax.text(0.5, 0.5, "undefined: one class only", ha="center", va="center")
+            ax.text(0.5, 0.5, "undefined: no image or every image\nis of this class", ha="center", va="center")
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
         ax.set_title(f"{class_names[c]} against the rest", fontsize=9)
