@@ -943,8 +943,9 @@ def paired_auc_difference(pairs: Sequence[tuple[Evaluation, np.ndarray, np.ndarr
     differences = np.mean([macro_auc(counts, e.true, a) - macro_auc(counts, e.true, b) for e, a, b in pairs], axis=0)
     observed, resampled = differences[0], differences[1:][~np.isnan(differences[1:])]
     p_value = min(1.0, 2 * min(np.mean(resampled <= 0), np.mean(resampled >= 0)))
+    p_text = f"< {2 / len(resampled):.2g}" if p_value == 0 else p_cell(p_value)  # no resample beyond 0
     low, high = percentile_bounds(resampled)
-    return f"{observed:+.3f} [{low:+.3f}, {high:+.3f}], p {p_cell(p_value)}"
+    return f"{observed:+.3f} [{low:+.3f}, {high:+.3f}], p {p_text}"
 
 
 def seeds_and_pooled(found: dict[str, tuple[Evaluation, ...]]) -> list[tuple[str, tuple[Evaluation, ...]]]:
@@ -1036,7 +1037,8 @@ def epoch_mean_table(curves: Rows, last: int = 10) -> str:
     the evaluation logged every joint epoch) averaged over its last ``last`` epochs, and the epochs where the
     denoised ACC is above / below the prior's. The key metric picks a run's checkpoint by the denoised accuracy,
     so two settings keep different epochs of the same DCG; here they are read at the same epochs. (The curves'
-    denoised AUC is the tied probabilities', not study 4's label mean: left out.)"""
+    denoised AUC of runs trained before 2026-12-02 is the tied probabilities', not study 4's label mean: left
+    out.)"""
     table = []
     for setting, dataset, seed in sorted(
         {(r["setting"], r["dataset"], r["seed"]) for r in select(curves, variant="full")}
@@ -1163,6 +1165,7 @@ CPU4 = (
 )
 TE = "train_evaluate.py --samples 1 10 --splits validation test --no-tsne"
 VARIANTS_CPU = "crossfit_variants_cpu"  # y0_crossfit5 (study 10) and y0_crossfit_medmnist (study 12), BreastMNIST
+APTOS_CPU = "aptos_crossfit_cpu"  # study 13: y0, y0_crossfit and basic on APTOS 2019
 SOURCES = {
     "speed_h200.csv": Source("", "bash benchmarks/gpu_session.sh (speed.py)", GPU1),
     "ablation_h200.csv": Source("2026-11-26", "bash benchmarks/gpu_ablation.sh, collect.py --name ablation_h200", GPU2),
@@ -1200,6 +1203,13 @@ SOURCES = {
     "medmnist_schedule_cpu.csv": Source(
         "2026-12-01",
         f"{TE} --setting basic_medmnist --variant basic | y0_medmnist, collect.py --name medmnist_schedule_cpu",
+    ),
+    f"{APTOS_CPU}.csv": Source(
+        "2026-12-02",
+        f"{TE} --datasets aptos2019 --setting y0 | y0_crossfit | basic --set max_epochs=12 ..., collect.py",
+    ),
+    "diagnostics_aptos_cpu.csv": Source(
+        "2026-12-02", "diagnostics.py --runs runs/cpu_aptos/aptos2019_small_full_S_seed0 --splits train validation test"
     ),
 }
 
@@ -1296,6 +1306,23 @@ MAP = [  # the pages' sections in page order, each with its tables and figures a
                 build=denoised_vs_basic_table,
                 setting="y0_crossfit_medmnist",
                 basic_settings=("basic_medmnist",),
+            ),
+            "aptos_crossfit_cpu": STUDY(
+                f"{APTOS_CPU}.csv",
+                f"{APTOS_CPU}_curves.csv",
+                settings=("y0", "y0_crossfit"),
+                auc="auc_label_mean",
+                datasets=("aptos2019",),
+            ),
+            "diagnostics_aptos_cpu": table("diagnostics_aptos_cpu.csv", build=diagnostics_table),
+            "in_sample_aptos_cpu": table("diagnostics_aptos_cpu.csv", build=in_sample_table),
+            "epoch_mean_aptos_cpu": table(f"{APTOS_CPU}_curves.csv", build=epoch_mean_table),
+            "aptos_crossfit_basic_cpu": table(
+                f"{APTOS_CPU}_predictions.csv.gz",
+                build=denoised_vs_basic_table,
+                setting="y0_crossfit",
+                basic_settings=("basic",),
+                datasets=("aptos2019",),
             ),
             "test_selection_cpu": table("test_selection_cpu.csv", build=test_selection_table),
         },

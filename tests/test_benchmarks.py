@@ -151,8 +151,9 @@ def test_report_rebuilds_the_committed_pages_from_the_csvs(tmp_path):
     names += ["audit_study_cpu", "diagnostics_audit_cpu", "in_sample_cpu", "crossfit_seeds_cpu"]
     names += ["crossfit_seeds_retinamnist_cpu", "epoch_mean_cpu"]
     names += ["basic_crossfit_cpu", "crossfit_variants_cpu", "crossfit_medmnist_basic_cpu"]
-    names += ["test_selection_cpu", "ablation_y0", "published", "paper_datasets_cpu", "uncertainty_cpu"]
-    names += ["uncertainty_crossfit_cpu"]
+    names += ["aptos_crossfit_cpu", "diagnostics_aptos_cpu", "in_sample_aptos_cpu", "epoch_mean_aptos_cpu"]
+    names += ["aptos_crossfit_basic_cpu", "test_selection_cpu", "ablation_y0", "published", "paper_datasets_cpu"]
+    names += ["uncertainty_cpu", "uncertainty_crossfit_cpu"]
     names += ["evaluation_y0_cpu", "speed_h200", "speed_cpu", "sampling_steps_y0_cpu"]
     names += ["smallest_k_y0_cpu", "study_h100", "seeds", "fixed_prior_cpu", "learning_rate_cpu"]
     names += ["small_recipe_cpu", "headline"]
@@ -423,11 +424,13 @@ def test_paired_auc_difference_on_planted_cases():
     assert report.paired_auc_difference([(run, perfect, perfect)]) == "+0.000 [+0.000, +0.000], p 1"
     better = report.paired_auc_difference([(run, perfect, noise)])
     observed = 1.0 - report.image_auc(run, noise)
-    assert better.startswith(f"{observed:+.3f} [") and float(better.split("p ")[1]) < 0.05
+    assert better.startswith(f"{observed:+.3f} [") and better.endswith("p < 0.001")  # no resample of 2000 below 0
     low = float(better.split("[")[1].split(",")[0])
     assert low > 0  # the interval excludes 0
     worse = report.paired_auc_difference([(run, noise, perfect)])
-    assert worse.startswith(f"{-observed:+.3f} [") and worse.split("p ")[1] == better.split("p ")[1]
+    assert worse.startswith(f"{-observed:+.3f} [") and worse.endswith("p < 0.001")
+    subtle = report.paired_auc_difference([(run, noise[:, ::-1], noise)])  # a p-value between the extremes
+    assert 0.001 < float(subtle.split("p ")[1]) < 1
     assert report.paired_auc_difference([(run, perfect, noise)] * 2) == better  # the mean of two equal seeds
     other = run._replace(ids=[f"j{k}" for k in range(80)])
     with pytest.raises(ValueError, match="same images"):
