@@ -108,8 +108,11 @@ def roc_figure(
             ax.text(0.5, 0.5, "undefined: no image or every image\nis of this class", ha="center", va="center")
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
-        ax.set_title(f"{class_names[c]} against the rest", fontsize=9)
-    figure.suptitle(title or "ROC curves")
+        ax.set_title(
+            f"positive class: {class_names[c]}" if len(classes) == 1 else f"{class_names[c]} against the rest",
+            fontsize=9,
+        )
+    figure.suptitle(f"{title}, ROC curves" if title else "ROC curves")
     return figure
 
 

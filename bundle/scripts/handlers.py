@@ -226,7 +226,8 @@ class PredictionReport:
             curves["DCG prior"] = (calibration_bins(fused, labels, self.num_bins), report["prior"]["fused"]["ece"])
             ranked["DCG prior"] = fused
         save_figure(calibration_figure(curves), os.path.join(self.output_dir, "calibration.png"))
-        save_figure(roc_figure(ranked, labels, self.class_names, title), os.path.join(self.output_dir, "roc.png"))
+        split = f"{self.info['split']} split" if self.info.get("split") else ""
+        save_figure(roc_figure(ranked, labels, self.class_names, split), os.path.join(self.output_dir, "roc.png"))
         report_written(self.output_dir, [name for name in EVALUATION if name != "saliency"])  # SaliencyWriter's
 
 
