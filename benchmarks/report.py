@@ -1353,6 +1353,7 @@ MAP = [  # the pages' sections in page order, each with its tables and figures a
         {
             "uncertainty_cpu": table(SCHEDULE_PREDICTIONS, build=uncertainty_table),
             "uncertainty_crossfit_cpu": table(CROSSFIT_PREDICTIONS, build=uncertainty_table, settings=("y0_crossfit",)),
+            "uncertainty_aptos_cpu": table(f"{APTOS_CPU}_predictions.csv.gz", build=uncertainty_table),
             "evaluation_y0_cpu": table(Y0_CPU, build=evaluation_table, setting="y0"),
         },
         {"risk_coverage.png": table(SCHEDULE_PREDICTIONS, build=draw_risk_coverage)},

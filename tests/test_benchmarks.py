@@ -153,7 +153,7 @@ def test_report_rebuilds_the_committed_pages_from_the_csvs(tmp_path):
     names += ["basic_crossfit_cpu", "crossfit_variants_cpu", "crossfit_medmnist_basic_cpu"]
     names += ["aptos_crossfit_cpu", "diagnostics_aptos_cpu", "in_sample_aptos_cpu", "epoch_mean_aptos_cpu"]
     names += ["aptos_crossfit_basic_cpu", "test_selection_cpu", "ablation_y0", "published", "paper_datasets_cpu"]
-    names += ["uncertainty_cpu", "uncertainty_crossfit_cpu"]
+    names += ["uncertainty_cpu", "uncertainty_crossfit_cpu", "uncertainty_aptos_cpu"]
     names += ["evaluation_y0_cpu", "speed_h200", "speed_cpu", "sampling_steps_y0_cpu"]
     names += ["smallest_k_y0_cpu", "study_h100", "seeds", "fixed_prior_cpu", "learning_rate_cpu"]
     names += ["small_recipe_cpu", "headline"]
