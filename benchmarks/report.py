@@ -948,6 +948,20 @@ def paired_auc_difference(pairs: Sequence[tuple[Evaluation, np.ndarray, np.ndarr
     return f"{observed:+.3f} [{low:+.3f}, {high:+.3f}], p {p_text}"
 
 
+def compared_aucs(pairs: dict[str, tuple[Evaluation, np.ndarray, np.ndarray]]) -> dict[str, tuple[float, float, str]]:
+    """Two scores of the same images per seed, ``pairs``: {seed: (evaluation, its scores, the other scores)}: each
+    seed's two AUCs and :func:`paired_auc_difference`, and for several seeds the same under ``pooled`` (the AUCs:
+    the seeds' mean, as scores of different models do not rank together)."""
+    groups = {seed: [pair] for seed, pair in pairs.items()}
+    if len(pairs) > 1:
+        groups["pooled"] = list(pairs.values())
+    compared = {}
+    for seed, group in groups.items():
+        auc, other_auc = np.mean([(image_auc(e, a), image_auc(e, b)) for e, a, b in group], axis=0)
+        compared[seed] = (float(auc), float(other_auc), paired_auc_difference(group))
+    return compared
+
+
 def seeds_and_pooled(found: dict[str, tuple[Evaluation, ...]]) -> list[tuple[str, tuple[Evaluation, ...]]]:
     """Each seed's evaluations (of the same images), then, for several seeds, their images pooled."""
     seeds = list(found.items())
@@ -968,16 +982,13 @@ def denoised_vs_prior_table(predictions: Rows, diagnostics: Rows, setting: str, 
             for k, e in sorted(runs.items())
             if k[:3] == (dataset, setting, "full") and k[4:] == ("10", split)
         }
-        aucs = {seed: (image_auc(e, e.label_mean), image_auc(e, e.prior_probs)) for seed, (e,) in found.items()}
-        aucs["pooled"] = tuple(np.mean(list(aucs.values()), axis=0))
-        auc_pairs = {seed: [(e, e.label_mean, e.prior_probs)] for seed, (e,) in found.items()}
-        auc_pairs["pooled"] = [pair for seed_pairs in auc_pairs.values() for pair in seed_pairs]
+        compared = compared_aucs({seed: (e, e.label_mean, e.prior_probs) for seed, (e,) in found.items()})
         for seed, (e,) in seeds_and_pooled(found):
             swap = [r for r in select(diagnostics, setting=setting, dataset=dataset, seed=seed, split=split)
                     if r["measure"] == "features_swapped"]  # fmt: skip
+            auc, prior_auc, difference = compared[seed]
             cells = [display(dataset), seed, split, str(len(e.ids))]
-            cells += paired_cells(e.predicted == e.true, aucs[seed][0], e.prior == e.true, aucs[seed][1])
-            cells.append(paired_auc_difference(auc_pairs[seed]))
+            cells += paired_cells(e.predicted == e.true, auc, e.prior == e.true, prior_auc) + [difference]
             rows.append(cells + [f"{100 * float(swap[0]['changed_vs_denoised']):.1f} %" if swap else "-"])
     header = ["dataset", "seed", "split", "images", "denoised S=10 ACC / AUC (label mean)", "prior ACC / AUC"]
     header += ["denoised - prior ACC", "images only the denoised / only the prior gets right", "McNemar p"]
@@ -1012,15 +1023,12 @@ def denoised_vs_basic_table(
             pairs[seed] = (full, other)
         if not pairs:
             continue
-        aucs = {seed: (image_auc(f, f.label_mean), image_auc(b, b.probs)) for seed, (f, b) in pairs.items()}
-        aucs["pooled"] = tuple(np.mean(list(aucs.values()), axis=0))
-        auc_pairs = {seed: [(f, f.label_mean, b.probs)] for seed, (f, b) in pairs.items()}
-        auc_pairs["pooled"] = [pair for seed_pairs in auc_pairs.values() for pair in seed_pairs]
+        compared = compared_aucs({seed: (f, f.label_mean, b.probs) for seed, (f, b) in pairs.items()})
         for seed, (full, other) in seeds_and_pooled(pairs):
+            auc, basic_auc, difference = compared[seed]
             cells = [display(dataset), basic_setting, split, seed, str(len(full.ids))]
             right, other_right = full.predicted == full.true, other.predicted == other.true
-            cells += paired_cells(right, aucs[seed][0], other_right, aucs[seed][1])
-            rows.append(cells + [paired_auc_difference(auc_pairs[seed])])
+            rows.append(cells + paired_cells(right, auc, other_right, basic_auc) + [difference])
     header = ["dataset", "basic", "split", "seed", "images", f"{setting} S=10 ACC / AUC (label mean)"]
     header += [
         "basic ACC / AUC",

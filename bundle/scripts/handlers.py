@@ -160,15 +160,16 @@ class PredictionReport:
         scores = torch.stack([r["prior"][prior] if prior else r["probs"] for r in self.records])
         return labels, scores
 
-    def ranking_scores(self) -> torch.Tensor:
-        """The denoised prediction's ``AUC_SCORE`` (N, C): what its AUC and ROC curves rank by."""
-        return torch.stack([r[AUC_SCORE] for r in self.records])
+    def label_means(self) -> torch.Tensor:
+        """The samples' unclipped mean label vectors (N, C): ``AUC_SCORE``, what the denoised AUC and ROC curves
+        rank by."""
+        return torch.stack([r["label_mean"] for r in self.records])
 
     def rankings(self, labels: torch.Tensor, probs: torch.Tensor) -> dict:
         """AUC and tied pairs of three scores of the denoised prediction (which one ranks best is chosen on
         the validation split, docs/benchmarks.md): the clipped, renormalised probabilities; the unclipped
         mean label vector of the samples; the probabilities with ties broken by the fused prior."""
-        candidates = {"probabilities": probs, "label_mean": torch.stack([r["label_mean"] for r in self.records])}
+        candidates = {"probabilities": probs, "label_mean": self.label_means()}
         if "fused" in self.priors:
             candidates["probabilities_then_prior"] = probs + 1e-9 * self.labels_and_scores("fused")[1]
         return {name: ranking_report(scores, labels) for name, scores in candidates.items()}
@@ -220,7 +221,7 @@ class PredictionReport:
             os.path.join(self.output_dir, "confusion_matrix.png"),
         )
         curves = {"denoised": (calibration_bins(probs, labels, self.num_bins), report["denoised"]["ece"])}
-        ranked = {"denoised": self.ranking_scores()}
+        ranked = {"denoised": self.label_means()}
         if "fused" in report["prior"]:
             fused = self.labels_and_scores("fused")[1]
             curves["DCG prior"] = (calibration_bins(fused, labels, self.num_bins), report["prior"]["fused"]["ece"])
